@@ -1,0 +1,135 @@
+"""The PixdeskError family: one table maps each stable `error.code` to its HTTP status and JSON-RPC code.
+
+Every error a user can trigger is one of these, with a message that says what to change. Servers translate
+them with `http_status` / `jsonrpc_code`; nothing else in the package decides a status.
+JSON-RPC codes sit in -32000..-32099 minus the part MCP reserves (-32000..-32002 are left alone).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    code: str
+    http_status: int
+    jsonrpc_code: int
+    type: str  # OpenAI-shaped `error.type`
+
+
+_KINDS = [
+    # request shape and values
+    ErrorKind("invalid_request", 400, -32602, "invalid_request_error"),
+    ErrorKind("context_length_exceeded", 400, -32010, "invalid_request_error"),
+    ErrorKind("invalid_image", 400, -32011, "invalid_request_error"),
+    ErrorKind("image_too_large", 413, -32012, "invalid_request_error"),
+    ErrorKind("unsupported_image_format", 415, -32013, "invalid_request_error"),
+    ErrorKind("too_many_images", 413, -32014, "invalid_request_error"),
+    ErrorKind("image_token_mismatch", 400, -32015, "invalid_request_error"),
+    # checkpoints and configuration
+    ErrorKind("invalid_config", 400, -32020, "invalid_request_error"),
+    ErrorKind("invalid_checkpoint", 400, -32021, "invalid_request_error"),
+    ErrorKind("model_not_found", 404, -32022, "invalid_request_error"),
+    # tokenizer
+    ErrorKind("tokenizer_error", 500, -32030, "server_error"),
+    # engine
+    ErrorKind("overloaded", 429, -32040, "rate_limit_error"),
+    ErrorKind("cancelled", 499, -32041, "invalid_request_error"),
+    ErrorKind("internal_error", 500, -32603, "server_error"),
+]
+KINDS: dict[str, ErrorKind] = {k.code: k for k in _KINDS}
+
+
+class PixdeskError(Exception):
+    """Base of every user-facing error. `code` selects a row of KINDS."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if self.code not in KINDS:
+            raise ValueError(f"unknown error code {self.code!r}")
+
+    @property
+    def kind(self) -> ErrorKind:
+        return KINDS[self.code]
+
+    @property
+    def http_status(self) -> int:
+        return self.kind.http_status
+
+    @property
+    def jsonrpc_code(self) -> int:
+        return self.kind.jsonrpc_code
+
+    def to_dict(self) -> dict:
+        """OpenAI-shaped error body (no traceback, ever)."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+class InvalidRequest(PixdeskError):
+    code = "invalid_request"
+
+
+class ContextLengthExceeded(PixdeskError):
+    code = "context_length_exceeded"
+
+
+class InvalidImage(PixdeskError):
+    code = "invalid_image"
+
+
+class ImageTooLarge(PixdeskError):
+    code = "image_too_large"
+
+
+class UnsupportedImageFormat(PixdeskError):
+    code = "unsupported_image_format"
+
+
+class TooManyImages(PixdeskError):
+    code = "too_many_images"
+
+
+class ImageTokenMismatch(PixdeskError):
+    code = "image_token_mismatch"
+
+
+class InvalidConfig(PixdeskError):
+    code = "invalid_config"
+
+
+class InvalidCheckpoint(PixdeskError):
+    code = "invalid_checkpoint"
+
+
+class ModelNotFound(PixdeskError):
+    code = "model_not_found"
+
+
+class TokenizerError(PixdeskError):
+    code = "tokenizer_error"
+
+
+class Overloaded(PixdeskError):
+    code = "overloaded"
+
+
+class Cancelled(PixdeskError):
+    code = "cancelled"
+
+
+class InternalError(PixdeskError):
+    code = "internal_error"

@@ -1,0 +1,77 @@
+"""Pixtral vision encoder (patch conv, ln_pre, 2-D RoPE, bidirectional blocks) and the adapter."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixdesk.model.args import VisionArgs
+from pixdesk.model.layers import RMSNorm, TransformerBlock, sdpa
+from pixdesk.model.rope import rope_tables, vision_angles
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, args: VisionArgs):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerBlock(
+                args.hidden_size,
+                args.num_attention_heads,
+                args.num_attention_heads,
+                args.head_dim,
+                args.intermediate_size,
+                args.norm_eps,
+            )
+            for _ in range(args.num_hidden_layers)
+        )
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, args: VisionArgs):
+        super().__init__()
+        self.args = args
+        self.patch_conv = nn.Conv2d(
+            args.num_channels, args.hidden_size, args.patch_size, stride=args.patch_size, bias=False
+        )
+        self.ln_pre = RMSNorm(args.hidden_size, args.norm_eps)
+        self.transformer = VisionTransformer(args)
+
+    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Images (3, H_i, W_i), multiples of patch_size -> features (sum_i h_i*w_i, hidden)."""
+        patches, grids = [], []
+        for img in images:
+            emb = self.patch_conv(img.to(self.patch_conv.weight.dtype)[None])[0]  # (hidden, h, w)
+            grids.append((emb.shape[1], emb.shape[2]))
+            patches.append(emb.flatten(1).T)  # (h*w, hidden), row-major
+        x = self.ln_pre(torch.cat(patches)[None])  # (1, L, hidden)
+        cos, sin = self._rope(grids, x.device)
+        mask = _block_diagonal_mask(grids, x.device)
+        attend = lambda q, k, v: sdpa(q, k, v, mask)  # noqa: E731
+        for layer in self.transformer.layers:
+            x = layer(x, cos, sin, attend)
+        return x[0]
+
+    def _rope(self, grids, device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Positions restart at (0, 0) for every image.
+        a = self.args
+        angles = torch.cat([vision_angles(h, w, a.head_dim, a.rope_theta, device) for h, w in grids])
+        return rope_tables(angles[None])  # (1, L, 1, hd/2) each
+
+
+def _block_diagonal_mask(grids: list[tuple[int, int]], device) -> torch.Tensor | None:
+    """Bool (1, 1, L, L): a patch attends only to patches of its own image. None for a single image."""
+    if len(grids) == 1:
+        return None
+    image_of = torch.cat([torch.full((h * w,), i, device=device) for i, (h, w) in enumerate(grids)])
+    return (image_of[:, None] == image_of[None, :])[None, None]
+
+
+class VisionLanguageAdapter(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int, bias: bool):
+        super().__init__()
+        self.w_in = nn.Linear(in_dim, out_dim, bias=bias)
+        self.w_out = nn.Linear(out_dim, out_dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_out(F.gelu(self.w_in(x)))  # exact (erf) GELU
