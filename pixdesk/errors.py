@@ -126,6 +126,10 @@ class TokenizerError(PixdeskError):
 class Overloaded(PixdeskError):
     code = "overloaded"
 
+    def __init__(self, message: str, *, retry_after: int = 1, **kw):
+        super().__init__(message, **kw)
+        self.retry_after = retry_after  # seconds, for the HTTP Retry-After header
+
 
 class Cancelled(PixdeskError):
     code = "cancelled"

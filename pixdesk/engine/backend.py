@@ -1,0 +1,177 @@
+"""The Engine API every front (HTTP, stdio, MCP, CLI) calls, and LocalEngine, which runs this package's model.
+
+Fronts turn their input into messages and bytes; the engine prepares images, builds the prompt, checks
+every limit before queueing, and streams typed events back through a Submission.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pixdesk.config import ImageSettings
+from pixdesk.engine.generate import TokenStream, check_context
+from pixdesk.engine.sampling import SamplingParams, make_generator
+from pixdesk.engine.scheduler import Scheduler, SchedulerConfig
+from pixdesk.engine.sequence import PRIORITIES, LogitMask, Sequence, Submission
+from pixdesk.errors import InvalidRequest, TooManyImages
+from pixdesk.tokenizer.chat import ChatMessage, EncodedPrompt, encode_instruct
+from pixdesk.tokenizer.image import ImageLimits, PreparedImage, prepare_image
+from pixdesk.weights.checkpoint import Checkpoint
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    layout: str
+    demo: bool  # the built-in tiny random checkpoint
+    context: int
+    vocab_size: int
+    dtype: str
+    device: str
+    vision: bool
+    patch_size: int | None
+    max_image_size: int | None
+    manifest_id: str
+
+
+class Engine(Protocol):
+    info: ModelInfo
+
+    def prepare_image(self, data: bytes) -> PreparedImage: ...
+
+    def encode_chat(self, messages: list[ChatMessage]) -> EncodedPrompt: ...
+
+    def submit(
+        self,
+        prompt: EncodedPrompt,
+        params: SamplingParams,
+        *,
+        priority: str = "interactive",
+        client_id: str = "local",
+        mask: LogitMask | None = None,
+    ) -> Submission: ...
+
+    def stats(self) -> dict: ...
+
+
+class LocalEngine:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        config: SchedulerConfig = SchedulerConfig(),
+        *,
+        images: ImageSettings = ImageSettings(),
+        name: str | None = None,
+        demo: bool = False,
+    ):
+        self.checkpoint, self.config, self.images = checkpoint, config, images
+        self.model, self.tokenizer = checkpoint.model, checkpoint.tokenizer
+        self.scheduler = Scheduler(self.model, config)
+        v = self.model.args.vision
+        self.info = ModelInfo(
+            id=name or checkpoint.files.root.name,
+            layout=checkpoint.files.layout,
+            demo=demo,
+            context=config.max_context,
+            vocab_size=self.model.args.text.vocab_size,
+            dtype=str(self.model.dtype).removeprefix("torch."),
+            device=str(self.model.device),
+            vision=v is not None,
+            patch_size=v.patch_size if v else None,
+            max_image_size=v.image_size if v else None,
+            manifest_id=checkpoint.manifest_id,
+        )
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    def start(self) -> LocalEngine:
+        self.scheduler.start()
+        return self
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    def __enter__(self) -> LocalEngine:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------------------ inputs
+
+    def prepare_image(self, data: bytes) -> PreparedImage:
+        if not self.info.vision:
+            raise InvalidRequest("this model has no vision encoder; send text only", param="messages")
+        limits = ImageLimits(max_bytes=self.images.max_bytes, max_pixels=self.images.max_pixels)
+        return prepare_image(
+            data,
+            patch_size=self.info.patch_size,
+            max_image_size=self.info.max_image_size,
+            max_patches=self.images.max_patches or None,
+            limits=limits,
+        )
+
+    def encode_chat(self, messages: list[ChatMessage]) -> EncodedPrompt:
+        prompt = encode_instruct(self.tokenizer, messages)
+        self._check_images(prompt)
+        return prompt
+
+    def _check_images(self, prompt: EncodedPrompt) -> None:
+        if len(prompt.images) > self.images.max_images:
+            raise TooManyImages(
+                f"{len(prompt.images)} images in one request; the limit is {self.images.max_images} "
+                "(images.max_images)",
+                param="messages",
+            )
+
+    # ------------------------------------------------------------------------------ generation
+
+    def submit(
+        self,
+        prompt: EncodedPrompt,
+        params: SamplingParams,
+        *,
+        priority: str = "interactive",
+        client_id: str = "local",
+        mask: LogitMask | None = None,
+    ) -> Submission:
+        if priority not in PRIORITIES:
+            raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
+        params.validate(self.info.vocab_size, self.config.max_context)
+        self._check_images(prompt)
+        check_context(len(prompt.ids), params.max_tokens, self.config.max_context)
+        submission = Submission("", self.scheduler.wake)
+        seq = Sequence(
+            prompt=prompt,
+            params=params,
+            priority=priority,
+            client_id=client_id,
+            submission=submission,
+            stream=TokenStream(self.tokenizer, params),
+            generator=make_generator(params),
+            mask=mask,
+        )
+        submission.id = seq.id
+        self.scheduler.enqueue(seq)
+        return submission
+
+    def stats(self) -> dict:
+        s = self.scheduler
+        with s.cond:
+            queued = {p: len(q) for p, q in s.queues.items()}
+            active = len(s.active)
+        return {
+            **s.stats.snapshot(),
+            "queued": queued,
+            "active": active,
+            "free_slots": len(s.free_slots),
+            "prefix_cache": {
+                **s.prefix.stats.as_dict(),
+                "blocks": len(s.prefix.entries),
+                "pinned_blocks": s.prefix.pinned_blocks,
+                "used_bytes": s.prefix.used_bytes,
+                "capacity_blocks": s.prefix.capacity,
+            },
+            "image_cache_entries": len(s.features.items),
+        }

@@ -1,0 +1,273 @@
+"""The worker thread that owns the device: queue -> admit -> chunked prefill + batched decode -> events.
+
+Each loop iteration runs at most one prefill chunk (interactive requests first) and then one decode step
+for every sequence that is decoding, so a new request prefills while others decode and a long prompt
+never stalls the rest for more than one chunk. Batch requests may hold at most `max_batch -
+reserved_interactive` slots, so an interactive question is admitted at once even behind a folder job.
+A failure in one request (BaseException included) ends that request only.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pixdesk.engine.cache import KVCache
+from pixdesk.engine.events import Finish, Usage
+from pixdesk.engine.features import FeatureCache, prompt_features
+from pixdesk.engine.generate import decode_step, prefill
+from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
+from pixdesk.engine.sampling import adjust_logits, sample_one
+from pixdesk.engine.sequence import PRIORITIES, Sequence
+from pixdesk.engine.stats import EngineStats
+from pixdesk.errors import InternalError, Overloaded, PixdeskError
+
+log = logging.getLogger("pixdesk.engine")
+_PASS_THROUGH = (KeyboardInterrupt, SystemExit)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_batch: int = 4  # KV slots = sequences decoding together
+    max_context: int = 8192  # tokens per slot
+    max_queue: int = 64  # waiting requests before 429
+    per_client_active: int = 4  # admitted sequences per client id
+    reserved_interactive: int = 1  # slots batch requests may not take
+    prefill_chunk: int = 512
+    prefix_block: int = 16
+    prefix_cache_bytes: int = 256 * 2**20
+    image_cache_bytes: int = 64 * 2**20
+
+
+class Scheduler:
+    def __init__(self, model, config: SchedulerConfig):
+        self.model, self.config = model, config
+        self.kv = KVCache.for_model(model, config.max_batch, config.max_context)
+        self.prefix = PrefixCache(self.kv.k, config.prefix_block, config.prefix_cache_bytes)
+        self.features = FeatureCache(config.image_cache_bytes)
+        self.stats = EngineStats()
+        self.queues: dict[str, deque[Sequence]] = {p: deque() for p in PRIORITIES}
+        self.active: list[Sequence] = []
+        self.free_slots = list(range(config.max_batch))[::-1]
+        self.cond = threading.Condition()
+        self.running = False
+        self.thread: threading.Thread | None = None
+        self.fault_hook: Callable[[str, Sequence], None] | None = None  # tests inject failures here
+
+    # ------------------------------------------------------------------------------ submit side
+
+    def enqueue(self, seq: Sequence) -> None:
+        with self.cond:
+            waiting = sum(len(q) for q in self.queues.values())
+            if waiting >= self.config.max_queue:
+                self.stats.rejected += 1
+                raise Overloaded(
+                    f"{waiting} requests are waiting (engine.max_queue = {self.config.max_queue}); retry shortly",
+                    retry_after=self._retry_after(),
+                )
+            self.queues[seq.priority].append(seq)
+            self.stats.submitted += 1
+            self.cond.notify()
+
+    def _retry_after(self) -> int:
+        rate = self.stats.recent_requests_per_s()
+        waiting = sum(len(q) for q in self.queues.values())
+        return max(1, min(60, int(waiting / rate) if rate else 5))
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify()
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._run, name="pixdesk-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self.cond:
+            self.running = False
+            self.cond.notify()
+        if self.thread:
+            self.thread.join(timeout)
+        for seq in [*self.active, *self.queues["interactive"], *self.queues["batch"]]:
+            self._finish(seq, "cancelled")
+
+    # ------------------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while self.running and not self._has_work():
+                    self.cond.wait(timeout=1.0)
+                if not self.running:
+                    return
+                self._reap_cancelled()
+                self._admit()
+            with torch.inference_mode():
+                self._iteration()
+
+    def _has_work(self) -> bool:
+        return bool(self.active) or any(self.queues.values())
+
+    def _iteration(self) -> None:
+        target = self._next_prefill()
+        if target is not None:
+            self._guarded(target, "prefill", lambda: self._prefill_chunk(target))
+        decoding = [s for s in self.active if s.decoding and s.pending is not None]
+        if decoding:
+            self._decode(decoding)
+
+    def _reap_cancelled(self) -> None:
+        for q in self.queues.values():
+            for seq in [s for s in q if s.submission.cancelled]:
+                q.remove(seq)
+                self._finish(seq, "cancelled")
+        for seq in [s for s in self.active if s.submission.cancelled]:
+            self._finish(seq, "cancelled")
+
+    def _admit(self) -> None:
+        for priority in PRIORITIES:
+            q = self.queues[priority]
+            for seq in list(q):
+                if not self.free_slots or not self._may_admit(seq):
+                    continue
+                q.remove(seq)
+                self._guarded(seq, "admit", lambda seq=seq: self._start(seq))
+
+    def _may_admit(self, seq: Sequence) -> bool:
+        per_client = sum(1 for s in self.active if s.client_id == seq.client_id)
+        if per_client >= self.config.per_client_active:
+            return False
+        if seq.priority == "batch":
+            batch_active = sum(1 for s in self.active if s.priority == "batch")
+            return batch_active < self.config.max_batch - self.config.reserved_interactive
+        return True
+
+    def _start(self, seq: Sequence) -> None:
+        seq.slot = self.free_slots.pop()
+        self.active.append(seq)
+        p = seq.prompt
+        seq.token_keys = token_keys(
+            p.ids, [i.digest for i in p.images], [i.n_patches for i in p.images], self._img_id()
+        )
+        seq.block_keys = chain_keys(seq.token_keys, self.prefix.block)
+        seq.match = self.prefix.match(seq.block_keys, seq.n_prompt - 1)  # always prefill the last token
+        self.prefix.copy_into(seq.match, self.kv.k, self.kv.v, seq.slot)
+        seq.start = seq.prefilled = seq.match.tokens
+        feats = prompt_features(self.model, p, seq.start, self.features, self.stats)
+        ids = torch.tensor([p.ids[seq.start :]], device=self.model.device)
+        seq.embeds = self.model.embed(ids, feats)[0]
+        self.stats.reused_tokens += seq.start
+        self.stats.prompt_tokens += seq.n_prompt
+
+    def _img_id(self) -> int:
+        vision = self.model.args.vision
+        return vision.image_token_id if vision else -1
+
+    def _next_prefill(self) -> Sequence | None:
+        waiting = [s for s in self.active if s.prefilled < s.n_prompt]
+        waiting.sort(key=lambda s: (PRIORITIES.index(s.priority), s.t_submit))
+        return waiting[0] if waiting else None
+
+    def _prefill_chunk(self, seq: Sequence) -> None:
+        lo = seq.prefilled - seq.start
+        n = min(self.config.prefill_chunk, seq.n_prompt - seq.prefilled)
+        logits = prefill(self.model, self.kv, seq.slot, seq.embeds[lo : lo + n], seq.prefilled, n)
+        seq.prefilled += n
+        self.stats.prefill_chunks += 1
+        self.stats.prefilled_tokens += n
+        if seq.prefilled == seq.n_prompt:
+            seq.embeds = None
+            self._sample(seq, logits)
+
+    def _decode(self, seqs: list[Sequence]) -> None:
+        slots = torch.tensor([s.slot for s in seqs])
+        tokens = torch.tensor([s.pending for s in seqs])
+        positions = torch.tensor([s.n_prompt + len(s.generated) - 1 for s in seqs])
+        try:
+            if self.fault_hook:
+                for s in seqs:
+                    self.fault_hook("decode", s)
+            logits = decode_step(self.model, self.kv, slots, tokens, positions)
+        except _PASS_THROUGH:
+            raise
+        except BaseException:  # isolate: redo one by one so only the failing request ends
+            for i, s in enumerate(seqs):
+                self._guarded(s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i]))
+            return
+        self.stats.record_decode_step(len(seqs))
+        for i, s in enumerate(seqs):
+            self._guarded(s, "sample", lambda s=s, i=i: self._sample(s, logits[i]))
+
+    def _decode_one(self, seq: Sequence, slot, token, position) -> None:
+        if self.fault_hook:
+            self.fault_hook("decode", seq)
+        logits = decode_step(self.model, self.kv, slot[None], token[None], position[None])[0]
+        self.stats.record_decode_step(1)
+        self._sample(seq, logits)
+
+    def _sample(self, seq: Sequence, logits: torch.Tensor) -> None:
+        if self.fault_hook:
+            self.fault_hook("sample", seq)
+        adjusted = adjust_logits(logits, seq.params, seq.stream.counts)
+        if seq.mask is not None:
+            adjusted = seq.mask.mask(adjusted)
+            self.stats.masked_steps += 1
+        token = sample_one(adjusted, seq.params, seq.generator)
+        if seq.mask is not None:
+            seq.mask.accept(token)
+        seq.generated.append(token)
+        seq.pending = token
+        if seq.t_first is None:
+            seq.t_first = time.perf_counter()
+            self.stats.record_ttft(seq.t_first - seq.t_submit)
+        delta, reason = seq.stream.push(token, logits)
+        self.stats.generated_tokens += 1
+        if delta.text or delta.token_ids or delta.logprobs:
+            seq.submission.put(delta)
+        if reason:
+            self._finish(seq, reason)
+
+    # ------------------------------------------------------------------------------ endings
+
+    def _guarded(self, seq: Sequence, stage: str, fn: Callable[[], None]) -> None:
+        try:
+            if stage in ("prefill", "admit") and self.fault_hook:
+                self.fault_hook(stage, seq)
+            fn()
+        except _PASS_THROUGH:
+            raise
+        except PixdeskError as exc:
+            self._finish(seq, "error", exc)
+        except BaseException:  # a tokenizer panic or CUDA OOM fails this request only
+            log.exception("request %s failed during %s", seq.id, stage)
+            self._finish(seq, "error", InternalError("internal error while generating; see the daemon log"))
+
+    def _remember(self, seq: Sequence) -> None:
+        """Put the slot's KV (prompt and answer) into the prefix cache, so the next turn reuses it."""
+        n = seq.kv_tokens
+        keys = seq.token_keys + seq.generated[: max(0, n - seq.n_prompt)]
+        chain = seq.block_keys + chain_keys(keys, self.prefix.block)[len(seq.block_keys) :]
+        self.prefix.insert(chain, self.kv.k, self.kv.v, seq.slot, n)
+
+    def _finish(self, seq: Sequence, reason: str, error: PixdeskError | None = None) -> None:
+        if seq in self.active:
+            self.active.remove(seq)
+            try:
+                if reason != "error":  # the KV of a failed request is not trusted
+                    self._remember(seq)
+            finally:
+                self.free_slots.append(seq.slot)
+        if seq.match is not None:
+            self.prefix.release(seq.match)
+            seq.match = None
+        seq.embeds = None
+        usage = Usage(seq.n_prompt, len(seq.generated), seq.start)
+        self.stats.record_finish(reason)
+        seq.submission.put(Finish(reason, usage, error))
