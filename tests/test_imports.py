@@ -29,7 +29,8 @@ def test_no_oracle_imports_in_the_package():
 
 
 # Everything pixdesk or the test extras install besides the core five: none may be needed by the core.
-NOT_CORE = ("starlette", "uvicorn", "mss", "pyperclip", "platformdirs", "transformers", "mistral_common", "cv2",
+NOT_CORE = ("starlette", "uvicorn", "mss", "pyperclip", "platformdirs", "transformers", "mistral_common",
+            "cv2",
             "pydantic", "httpx", "anyio", "huggingface_hub", "tokenizers", "llguidance", "xgrammar", "openai",
             "mcp", "tomli", "sentencepiece", "pytest")  # fmt: skip
 

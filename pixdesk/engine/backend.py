@@ -138,7 +138,7 @@ class LocalEngine:
     ) -> Submission:
         if priority not in PRIORITIES:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
-        params.validate(self.info.vocab_size, self.config.max_context)
+        params.validate(self.info.vocab_size)
         self._check_images(prompt)
         check_context(len(prompt.ids), params.max_tokens, self.config.max_context)
         submission = Submission("", self.scheduler.wake)

@@ -38,7 +38,9 @@ class FeatureCache:
         self.used += size
 
 
-def prompt_features(model, prompt: EncodedPrompt, start: int, cache: FeatureCache, stats) -> torch.Tensor | None:
+def prompt_features(
+    model, prompt: EncodedPrompt, start: int, cache: FeatureCache, stats
+) -> torch.Tensor | None:
     """Feature rows for the [IMG] tokens at positions >= start, in token order (None if there are none)."""
     img_id = model.args.vision.image_token_id if model.args.vision else -1
     skip = sum(1 for t in prompt.ids[:start] if t == img_id)  # image rows already inside the reused prefix

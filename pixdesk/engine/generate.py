@@ -22,7 +22,9 @@ from pixdesk.tokenizer.tekken import Tekkenizer
 DEFAULT_CHUNK = 512
 
 
-def embed_prompt(model: Pixtral, prompt: EncodedPrompt, image_features: torch.Tensor | None = None) -> torch.Tensor:
+def embed_prompt(
+    model: Pixtral, prompt: EncodedPrompt, image_features: torch.Tensor | None = None
+) -> torch.Tensor:
     """Prompt ids -> embeddings (T, dim), running the vision encoder unless features are given."""
     if image_features is None and prompt.images:
         image_features = model.encode_images([img.pixels for img in prompt.images])
@@ -58,7 +60,8 @@ def decode_step(
 def check_context(n_prompt: int, max_tokens: int, context: int) -> None:
     if n_prompt + max_tokens > context:
         raise ContextLengthExceeded(
-            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: {n_prompt + max_tokens} tokens "
+            f"the prompt has {n_prompt} tokens and max_tokens is {max_tokens}: {n_prompt + max_tokens} "
+            "tokens "
             f"exceed the context of {context}; shorten the prompt, send fewer or smaller images, or lower "
             "max_tokens",
             param="max_tokens" if n_prompt < context else "messages",
@@ -82,8 +85,10 @@ class StopFilter:
         if hits:
             self.pending = ""
             return buf[: min(hits)], True
-        hold = max((k for s in self.stops for k in range(1, min(len(s), len(buf)) + 1) if buf.endswith(s[:k])),
-                   default=0)
+        hold = max(
+            (k for s in self.stops for k in range(1, min(len(s), len(buf)) + 1) if buf.endswith(s[:k])),
+            default=0,
+        )
         self.pending = buf[len(buf) - hold :]
         return buf[: len(buf) - hold], False
 

@@ -1,4 +1,4 @@
-"""Prefix cache: KV of fixed-size token blocks, keyed by a hash chain over token content, LRU under a byte budget.
+"""Prefix cache: KV of fixed-size token blocks keyed by a hash chain over token content; LRU, byte budget.
 
 Keys. `[IMG]` ids are the same for every image, so a token's content key is its id, except for image
 tokens, whose key is (image digest, patch index). Block i's key is sha256(key of block i-1, contents of
@@ -26,7 +26,9 @@ import torch
 TokenKey = int | tuple[str, int]
 
 
-def token_keys(ids: list[int], image_digests: list[str], image_sizes: list[int], img_id: int) -> list[TokenKey]:
+def token_keys(
+    ids: list[int], image_digests: list[str], image_sizes: list[int], img_id: int
+) -> list[TokenKey]:
     """Content key per token: the id, or (digest, patch index) for the n-th image's [IMG] tokens."""
     keys: list[TokenKey] = []
     image, patch = 0, 0
@@ -127,7 +129,9 @@ class PrefixCache:
 
     # ----------------------------------------------------------------------------------- insert
 
-    def insert(self, keys: list[bytes], kv_k: torch.Tensor, kv_v: torch.Tensor, slot: int, n_tokens: int) -> int:
+    def insert(
+        self, keys: list[bytes], kv_k: torch.Tensor, kv_v: torch.Tensor, slot: int, n_tokens: int
+    ) -> int:
         """Store the slot's full blocks among its first n_tokens whose keys are new. Returns blocks added."""
         added, parent, held = 0, None, []
         for i, k in enumerate(keys[: n_tokens // self.block]):

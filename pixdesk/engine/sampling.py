@@ -40,7 +40,9 @@ class SamplingParams:
         _float_range("presence_penalty", self.presence_penalty, -2.0, 2.0)
         _int_range("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
         if len(self.stop) > 16 or any(not isinstance(s, str) or not s or len(s) > 1000 for s in self.stop):
-            raise InvalidRequest("stop: give at most 16 non-empty strings of at most 1000 characters", param="stop")
+            raise InvalidRequest(
+                "stop: give at most 16 non-empty strings of at most 1000 characters", param="stop"
+            )
         for tok, bias in self.logit_bias.items():
             _int_range("logit_bias key", tok, 0, vocab_size - 1)
             _float_range("logit_bias value", bias, -100.0, 100.0)
@@ -57,7 +59,9 @@ def _float_range(name: str, value, low: float, high: float, *, low_open: bool = 
     ok = ok and (low < value if low_open else low <= value) and value <= high
     if not ok:
         bracket = "(" if low_open else "["
-        raise InvalidRequest(f"{name} must be a finite number in {bracket}{low}, {high}], got {value!r}", param=name)
+        raise InvalidRequest(
+            f"{name} must be a finite number in {bracket}{low}, {high}], got {value!r}", param=name
+        )
 
 
 def make_generator(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Generator:
@@ -101,7 +105,9 @@ def _top_p_filter(scaled: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest set of most likely tokens whose probability reaches top_p (always at least one)."""
     sorted_logits, order = torch.sort(scaled, descending=True)
     cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-    drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= top_p  # mass before this token already enough
+    drop_sorted = (
+        cum - torch.softmax(sorted_logits, dim=-1)
+    ) >= top_p  # mass before this token already enough
     drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
     return scaled.masked_fill(drop, -math.inf)
 

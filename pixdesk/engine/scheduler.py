@@ -58,7 +58,8 @@ class Scheduler:
         self.cond = threading.Condition()
         self.running = False
         self.thread: threading.Thread | None = None
-        self.fault_hook: Callable[[str, Sequence], None] | None = None  # tests inject failures here
+        # Called at each stage (admit, prefill, decode, sample) in the worker: tests observe or inject faults.
+        self.stage_hook: Callable[[str, Sequence], None] | None = None
 
     # ------------------------------------------------------------------------------ submit side
 
@@ -68,7 +69,8 @@ class Scheduler:
             if waiting >= self.config.max_queue:
                 self.stats.rejected += 1
                 raise Overloaded(
-                    f"{waiting} requests are waiting (engine.max_queue = {self.config.max_queue}); retry shortly",
+                    f"{waiting} requests are waiting (engine.max_queue = {self.config.max_queue}); "
+                    "retry shortly",
                     retry_after=self._retry_after(),
                 )
             self.queues[seq.priority].append(seq)
@@ -85,6 +87,8 @@ class Scheduler:
             self.cond.notify()
 
     def start(self) -> None:
+        if self.thread is not None and self.thread.is_alive():
+            return  # one worker owns the device
         self.running = True
         self.thread = threading.Thread(target=self._run, name="pixdesk-engine", daemon=True)
         self.thread.start()
@@ -191,30 +195,32 @@ class Scheduler:
         tokens = torch.tensor([s.pending for s in seqs])
         positions = torch.tensor([s.n_prompt + len(s.generated) - 1 for s in seqs])
         try:
-            if self.fault_hook:
+            if self.stage_hook:
                 for s in seqs:
-                    self.fault_hook("decode", s)
+                    self.stage_hook("decode", s)
             logits = decode_step(self.model, self.kv, slots, tokens, positions)
         except _PASS_THROUGH:
             raise
         except BaseException:  # isolate: redo one by one so only the failing request ends
             for i, s in enumerate(seqs):
-                self._guarded(s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i]))
+                self._guarded(
+                    s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i])
+                )
             return
         self.stats.record_decode_step(len(seqs))
         for i, s in enumerate(seqs):
             self._guarded(s, "sample", lambda s=s, i=i: self._sample(s, logits[i]))
 
     def _decode_one(self, seq: Sequence, slot, token, position) -> None:
-        if self.fault_hook:
-            self.fault_hook("decode", seq)
+        if self.stage_hook:
+            self.stage_hook("decode", seq)
         logits = decode_step(self.model, self.kv, slot[None], token[None], position[None])[0]
         self.stats.record_decode_step(1)
         self._sample(seq, logits)
 
     def _sample(self, seq: Sequence, logits: torch.Tensor) -> None:
-        if self.fault_hook:
-            self.fault_hook("sample", seq)
+        if self.stage_hook:
+            self.stage_hook("sample", seq)
         adjusted = adjust_logits(logits, seq.params, seq.stream.counts)
         if seq.mask is not None:
             adjusted = seq.mask.mask(adjusted)
@@ -238,8 +244,8 @@ class Scheduler:
 
     def _guarded(self, seq: Sequence, stage: str, fn: Callable[[], None]) -> None:
         try:
-            if stage in ("prefill", "admit") and self.fault_hook:
-                self.fault_hook(stage, seq)
+            if stage in ("prefill", "admit") and self.stage_hook:
+                self.stage_hook(stage, seq)
             fn()
         except _PASS_THROUGH:
             raise

@@ -66,7 +66,9 @@ class EngineStats:
             "decode_steps": self.decode_steps,
             "seqs_per_decode_step": dict(self.seqs_per_step),
             "mean_seqs_per_decode_step": (
-                sum(k * v for k, v in self.seqs_per_step.items()) / self.decode_steps if self.decode_steps else 0.0
+                sum(k * v for k, v in self.seqs_per_step.items()) / self.decode_steps
+                if self.decode_steps
+                else 0.0
             ),
             "vision_calls": self.vision_calls,
             "masked_steps": self.masked_steps,

@@ -245,7 +245,9 @@ def _build(cls, kw: dict, where: str):
 
 def _validated(args: ModelArgs, where: str) -> ModelArgs:
     t = args.text
-    positive = {k: getattr(t, k) for k in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads")}
+    positive = {
+        k: getattr(t, k) for k in ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads")
+    }
     for key, value in positive.items():
         if not isinstance(value, int) or value <= 0:
             raise InvalidConfig(f"{where}: {key} must be a positive integer, got {value!r}", param=key)

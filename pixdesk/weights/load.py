@@ -54,12 +54,18 @@ def find_checkpoint(model_dir: str | Path) -> CheckpointFiles:
     elif (root / "config.json").is_file():
         layout, config, pattern = "hf", root / "config.json", "model*.safetensors"
     else:
-        raise InvalidCheckpoint(f"{root}: neither params.json (Mistral layout) nor config.json (HF layout) found")
+        raise InvalidCheckpoint(
+            f"{root}: neither params.json (Mistral layout) nor config.json (HF layout) found"
+        )
     files = _hf_index_files(root) if layout == "hf" else None
     files = files or tuple(sorted(root.glob(pattern)))
     if not files:
         pickles = [p.name for p in root.iterdir() if p.suffix in _PICKLE_SUFFIXES]
-        hint = f" (found {pickles[0]}: pickled weights are never loaded; convert them to safetensors)" if pickles else ""
+        hint = (
+            f" (found {pickles[0]}: pickled weights are never loaded; convert them to safetensors)"
+            if pickles
+            else ""
+        )
         raise InvalidCheckpoint(f"{root}: no {pattern} weight files{hint}")
     return CheckpointFiles(root, layout, config, files)
 
@@ -152,7 +158,9 @@ def plan_tensors(files: CheckpointFiles, model: nn.Module, args: ModelArgs) -> l
                     f"{list(expected[target])}"
                 )
             if info.dtype not in _DTYPES:
-                raise InvalidCheckpoint(f"{path}: tensor {info.name!r} has dtype {info.dtype}; expected a float")
+                raise InvalidCheckpoint(
+                    f"{path}: tensor {info.name!r} has dtype {info.dtype}; expected a float"
+                )
             if info.nbytes != math.prod(info.shape) * _DTYPES[info.dtype].itemsize:
                 raise InvalidCheckpoint(f"{path}: tensor {info.name!r}: byte size disagrees with its shape")
             heads = qk_heads(target, args) if files.layout == "hf" else None

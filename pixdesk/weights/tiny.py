@@ -23,7 +23,8 @@ from pixdesk.weights.layouts import native_to_hf, permute_to_hf, qk_heads
 
 TEKKEN_PATTERN = (
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
-    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|"
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+    r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|"
     r"\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 NUM_SPECIAL = 1000
@@ -228,7 +229,12 @@ def write_checkpoint(
 
 
 def make_tiny_checkpoint(
-    out_dir: str | Path, *, layout: str = "native", seed: int = 0, args: ModelArgs = TINY_ARGS, **text_overrides
+    out_dir: str | Path,
+    *,
+    layout: str = "native",
+    seed: int = 0,
+    args: ModelArgs = TINY_ARGS,
+    **text_overrides,
 ) -> Path:
     if text_overrides:
         args = replace(args, text=replace(args.text, **text_overrides))

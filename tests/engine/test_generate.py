@@ -97,8 +97,12 @@ def test_seeded_sampling_is_reproducible_and_varies(tiny):
 
     def run(seed):
         p = SamplingParams(max_tokens=16, temperature=1.0, seed=seed)
-        return [t for e in generate(tiny.model, tiny.tokenizer, prompt, p) if isinstance(e, Delta)
-                for t in e.token_ids]
+        return [
+            t
+            for e in generate(tiny.model, tiny.tokenizer, prompt, p)
+            if isinstance(e, Delta)
+            for t in e.token_ids
+        ]
 
     assert run(1) == run(1)
     assert run(1) != run(2)
@@ -109,8 +113,12 @@ def test_top_k_one_and_tiny_top_p_equal_greedy(tiny):
 
     def run(**kw):
         p = SamplingParams(max_tokens=10, **kw)
-        return [t for e in generate(tiny.model, tiny.tokenizer, prompt, p) if isinstance(e, Delta)
-                for t in e.token_ids]
+        return [
+            t
+            for e in generate(tiny.model, tiny.tokenizer, prompt, p)
+            if isinstance(e, Delta)
+            for t in e.token_ids
+        ]
 
     greedy = run()
     assert run(temperature=1.5, top_k=1, seed=3) == greedy
@@ -130,8 +138,11 @@ def test_max_tokens_gives_length_and_eos_gives_stop(tiny):
 
 def test_stop_string_never_streams_even_partly(tiny):
     prompt = _prompt(tiny.tokenizer)
-    base = "".join(e.text for e in generate(tiny.model, tiny.tokenizer, prompt, SamplingParams(max_tokens=40))
-                   if isinstance(e, Delta))
+    base = "".join(
+        e.text
+        for e in generate(tiny.model, tiny.tokenizer, prompt, SamplingParams(max_tokens=40))
+        if isinstance(e, Delta)
+    )
     assert len(base) > 12
     stop = base[8:12]  # a string the model will produce, likely spanning tokens
     events = list(generate(tiny.model, tiny.tokenizer, prompt, SamplingParams(max_tokens=40, stop=(stop,))))
@@ -170,9 +181,21 @@ def test_context_overflow_is_refused_before_compute(tiny):
 
 @pytest.mark.parametrize(
     "kw",
-    [{"temperature": -1}, {"temperature": float("nan")}, {"temperature": float("inf")}, {"top_p": 0},
-     {"top_p": 1.5}, {"top_k": -1}, {"max_tokens": 0}, {"max_tokens": -3}, {"max_tokens": 10**9},
-     {"seed": 2**64}, {"top_logprobs": 50}, {"logit_bias": {999999: 1.0}}, {"stop": ("",)}],
+    [
+        {"temperature": -1},
+        {"temperature": float("nan")},
+        {"temperature": float("inf")},
+        {"top_p": 0},
+        {"top_p": 1.5},
+        {"top_k": -1},
+        {"max_tokens": 0},
+        {"max_tokens": -3},
+        {"max_tokens": 10**9},
+        {"seed": 2**64},
+        {"top_logprobs": 50},
+        {"logit_bias": {999999: 1.0}},
+        {"stop": ("",)},
+    ],
 )
 def test_sampling_bounds_are_checked(kw):
     with pytest.raises(InvalidRequest) as exc:

@@ -46,7 +46,9 @@ def test_both_hf_key_spellings_are_accepted(tmp_path, state):
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     renamed = {}
     for k, t in tensors.items():
-        k = k.replace("language_model.model.", "model.language_model.").replace("language_model.lm_head", "lm_head")
+        k = k.replace("language_model.model.", "model.language_model.").replace(
+            "language_model.lm_head", "lm_head"
+        )
         k = k.replace("vision_tower.", "model.vision_tower.", 1) if k.startswith("vision_tower.") else k
         k = "model." + k if k.startswith("multi_modal_projector.") else k
         renamed[k] = t
@@ -57,7 +59,9 @@ def test_both_hf_key_spellings_are_accepted(tmp_path, state):
 
 def test_dtype_and_progress(native):
     seen = []
-    model = build_model(find_checkpoint(native), dtype=torch.bfloat16, progress=lambda d, t: seen.append((d, t)))
+    model = build_model(
+        find_checkpoint(native), dtype=torch.bfloat16, progress=lambda d, t: seen.append((d, t))
+    )
     assert model.dtype == torch.bfloat16
     assert seen[-1][0] == seen[-1][1] and len(seen) == len(list(model.parameters()))
 
@@ -97,7 +101,10 @@ def _rewrite(native, mutate):
 @pytest.mark.parametrize(
     "mutate, needle",
     [
-        (lambda t: t.pop("layers.1.feed_forward.w2.weight"), "missing tensor 'layers.1.feed_forward.w2.weight'"),
+        (
+            lambda t: t.pop("layers.1.feed_forward.w2.weight"),
+            "missing tensor 'layers.1.feed_forward.w2.weight'",
+        ),
         (lambda t: t.update(extra=torch.zeros(2)), "unexpected tensor 'extra'"),
         (lambda t: t.update({"layers.0.attention.wq.weight": torch.zeros(3, 3)}), "has shape [3, 3]"),
         (lambda t: t.update({"norm.weight": torch.zeros(48, dtype=torch.int32)}), "dtype I32"),
@@ -174,8 +181,10 @@ def test_bad_params_json_names_the_key(native, edit, param):
         (lambda c: c["text_config"].update(sliding_window=4096), "sliding_window"),
         (lambda c: c.update(vision_feature_layer=-2), "vision_feature_layer"),
         (lambda c: c.update(vision_feature_select_strategy="default"), "vision_feature_select_strategy"),
-        (lambda c: c["text_config"].update(rope_parameters={"rope_type": "yarn", "factor": 4}),
-         "rope_parameters.rope_type"),
+        (
+            lambda c: c["text_config"].update(rope_parameters={"rope_type": "yarn", "factor": 4}),
+            "rope_parameters.rope_type",
+        ),
     ],
 )
 def test_bad_hf_config_names_the_key(tmp_path, state, edit, param):

@@ -1,4 +1,4 @@
-"""A real-shaped Pixtral-12B checkpoint: verbatim configs + sparse full-size bf16 safetensors (holes cost no disk).
+"""A real-shaped Pixtral-12B checkpoint: verbatim configs + sparse full-size bf16 safetensors (holes).
 
 The loader validates every name and shape on the meta device and streams a few tensors from the files.
 """

@@ -1,0 +1,159 @@
+"""The resident engine: batching equals single runs, priorities, client caps, cancellation, faults."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from pixdesk.engine.sampling import SamplingParams
+from pixdesk.errors import ContextLengthExceeded, Overloaded, TooManyImages
+
+from .helpers import Run, assert_same_run, engine, image, reference, user
+
+LP = {"logprobs": True, "top_logprobs": 2}
+
+
+def _mixed_prompts(eng, n=8):
+    prompts = []
+    for i in range(n):
+        parts = [image(2 + i % 3, 3 + i % 2, i)] if i % 2 else []
+        prompts.append(eng.encode_chat([user(*parts, "question number " + "x " * (3 * i))]))
+    return prompts
+
+
+def test_batched_equals_single(tiny):
+    with engine(tiny, max_batch=8) as eng:
+        prompts = _mixed_prompts(eng)
+        params = [SamplingParams(max_tokens=8 + 3 * i, **LP) for i in range(len(prompts))]
+        runs = [Run(eng.submit(p, q)) for p, q in zip(prompts, params)]
+        for r in runs:
+            r.wait()
+        stats = eng.stats()
+    assert max(stats["seqs_per_decode_step"]) > 1
+    for r, p, q in zip(runs, prompts, params):
+        assert r.finish.reason == "length"
+        assert_same_run(r.tokens, r.logprobs, *reference(tiny, p, q))
+
+
+def test_request_arriving_mid_decode_is_served_before_the_other_finishes(tiny):
+    with engine(tiny, max_batch=4) as eng:
+        long_run = Run(
+            eng.submit(eng.encode_chat([user("long answer please")]), SamplingParams(max_tokens=400))
+        )
+        assert long_run.first_token.wait(60)
+        late = Run(eng.submit(eng.encode_chat([user("short")]), SamplingParams(max_tokens=3)))
+        late.wait()
+        assert long_run.finish is None  # the long one is still decoding
+        long_run.wait()
+        assert eng.stats()["seqs_per_decode_step"].get(2, 0) > 0
+
+
+def test_interactive_first_behind_50_batch_requests(tiny):
+    with engine(tiny, max_batch=4, reserved_interactive=1, max_queue=100, prefill_chunk=32) as eng:
+        log = []
+        eng.scheduler.stage_hook = lambda stage, seq: log.append((stage, seq.priority, len(seq.generated)))
+        batch_prompt = eng.encode_chat([user("receipt " * 20)])
+        batch = [
+            Run(eng.submit(batch_prompt, SamplingParams(max_tokens=30), priority="batch")) for _ in range(50)
+        ]
+        assert batch[0].first_token.wait(60)
+        mark = len(log)
+        inter = Run(eng.submit(eng.encode_chat([user("what is this error?")]), SamplingParams(max_tokens=4)))
+        inter.wait()
+        after = log[mark:]
+        first = next(i for i, e in enumerate(after) if e == ("sample", "interactive", 0))
+        other_prefills = [e for e in after[:first] if e[0] == "prefill" and e[1] == "batch"]
+        assert len(other_prefills) <= 1  # within one prefill of the running work
+        for r in batch:
+            r.sub.cancel()
+        for r in batch:
+            r.wait()
+
+
+def test_per_client_cap(tiny):
+    with engine(tiny, max_batch=4, per_client_active=1) as eng:
+        seen = []
+        eng.scheduler.stage_hook = lambda stage, seq: seen.append(
+            sum(1 for s in eng.scheduler.active if s.client_id == "editor")
+        )
+        prompts = [eng.encode_chat([user(f"q{i}")]) for i in range(3)]
+        runs = [Run(eng.submit(p, SamplingParams(max_tokens=5), client_id="editor")) for p in prompts]
+        for r in runs:
+            r.wait()
+    assert max(seen) == 1
+
+
+def test_cancel_mid_generation_frees_slot_and_cache_refs(tiny):
+    with engine(tiny, max_batch=2) as eng:
+        shared = "system " * 40
+        warm = Run(eng.submit(eng.encode_chat([user(shared + "a")]), SamplingParams(max_tokens=2))).wait()
+        assert warm.finish.reason == "length"
+        run = Run(eng.submit(eng.encode_chat([user(shared + "b")]), SamplingParams(max_tokens=500)))
+        assert run.first_token.wait(60)
+        assert eng.stats()["prefix_cache"]["pinned_blocks"] > 0
+        run.sub.cancel()
+        run.wait()
+        assert run.finish.reason == "cancelled"
+        stats = eng.stats()
+        assert stats["free_slots"] == 2 and stats["active"] == 0
+        assert stats["prefix_cache"]["pinned_blocks"] == 0
+        assert (
+            Run(eng.submit(eng.encode_chat([user("next")]), SamplingParams(max_tokens=3)))
+            .wait()
+            .finish.reason
+        )
+
+
+class FakePanic(BaseException):
+    """Like pyo3's PanicException: a BaseException, not an Exception."""
+
+
+@pytest.mark.parametrize("stage", ["admit", "prefill", "decode", "sample"])
+def test_failure_in_one_request_leaves_others_unchanged(tiny, stage):
+    with engine(tiny, max_batch=4) as eng:
+        prompts = _mixed_prompts(eng, 4)
+        params = SamplingParams(max_tokens=10, **LP)
+        victim = {}
+
+        def hook(s, seq):
+            if s == stage and seq.id == victim.get("id") and (stage != "sample" or len(seq.generated) == 3):
+                raise FakePanic("boom")
+
+        eng.scheduler.stage_hook = hook
+        subs = []
+        for i, p in enumerate(prompts):
+            sub = eng.submit(p, params)
+            if i == 1:
+                victim["id"] = sub.id
+            subs.append(Run(sub))
+        for r in subs:
+            r.wait()
+        assert subs[1].finish.reason == "error" and subs[1].finish.error.code == "internal_error"
+        for i, (r, p) in enumerate(zip(subs, prompts)):
+            if i != 1:
+                assert r.finish.reason == "length"
+                assert_same_run(r.tokens, r.logprobs, *reference(tiny, p, params))
+        assert eng.stats()["free_slots"] == 4
+        assert eng.scheduler.thread.is_alive()
+
+
+def test_limits_are_checked_before_queueing(tiny):
+    with engine(tiny, max_batch=1, max_queue=2, max_context=64) as eng:
+        with pytest.raises(ContextLengthExceeded):
+            eng.submit(eng.encode_chat([user("hi")]), SamplingParams(max_tokens=100))
+        with pytest.raises(TooManyImages):
+            eng.encode_chat([user(*[image(1, 1, i) for i in range(13)], "many")])
+        gate = threading.Event()
+        eng.scheduler.stage_hook = lambda stage, seq: gate.wait(30)
+        p = eng.encode_chat([user("hi")])
+        runs = [Run(eng.submit(p, SamplingParams(max_tokens=2)))]
+        time.sleep(0.2)  # the first is admitted and blocked in the hook; the next two wait in the queue
+        runs += [Run(eng.submit(p, SamplingParams(max_tokens=2))) for _ in range(2)]
+        with pytest.raises(Overloaded) as exc:
+            eng.submit(p, SamplingParams(max_tokens=2))
+        assert exc.value.retry_after >= 1 and exc.value.http_status == 429
+        gate.set()
+        for r in runs:
+            assert r.wait().finish.reason == "length"
