@@ -113,7 +113,7 @@ class LocalEngine:
         )
 
     def encode_chat(self, messages: list[ChatMessage]) -> EncodedPrompt:
-        prompt = encode_instruct(self.tokenizer, messages)
+        prompt = encode_instruct(self.tokenizer, messages, answer_ids=self.scheduler.answers.lookup)
         self._check_images(prompt)
         return prompt
 

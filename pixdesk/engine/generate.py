@@ -106,27 +106,45 @@ class TokenStream:
         self.stops = StopFilter(params.stop)
         self.counts: Counter[int] = Counter()
         self.n_generated = 0
+        self.emitted: list[str] = []
+        self.cut_by_stop_string = False
+
+    def answer(self, generated: list[int]) -> tuple[str, list[int]] | None:
+        """(text the client saw, the ids behind it) when they correspond exactly, for AnswerMemory."""
+        if self.cut_by_stop_string:
+            return None
+        ids = generated[:-1] if generated and generated[-1] == self.tok.EOS else generated
+        text = "".join(self.emitted)
+        return (text, ids) if self.tok.decode(ids) == text else None
 
     def logprob_entry(self, logits: torch.Tensor, token: int) -> TokenLogprob:
         lp, top = token_logprobs(logits, token, self.params.top_logprobs)
         piece = self.tok.id_to_piece
         return TokenLogprob(token, piece(token), lp, [(i, piece(i), v) for i, v in top])
 
-    def push(self, token: int, logits: torch.Tensor) -> tuple[Delta | None, str | None]:
-        """Account one sampled token. Returns (delta to emit or None, finish reason or None)."""
+    def push(self, token: int, logits: torch.Tensor) -> tuple[Delta, str | None]:
+        """Account one sampled token. Returns (delta to emit, finish reason or None)."""
+        delta, reason = self._push(token, logits)
+        self.emitted.append(delta.text)
+        return delta, reason
+
+    def _push(self, token: int, logits: torch.Tensor) -> tuple[Delta, str | None]:
         self.n_generated += 1
         self.counts[token] += 1
         lps = [self.logprob_entry(logits, token)] if self.params.logprobs else None
         if token == self.tok.EOS:
-            tail, _ = self.stops.push(self.decoder.flush())
-            tail += self.stops.flush()
+            tail, stopped = self.stops.push(self.decoder.flush())
+            self.cut_by_stop_string = stopped
+            tail += "" if stopped else self.stops.flush()
             return Delta(tail, [], lps), "stop"
         text, stopped = self.stops.push(self.decoder.push(token))
         if stopped:
+            self.cut_by_stop_string = True
             return Delta(text, [token], lps), "stop"
         if self.n_generated >= self.params.max_tokens:
             tail, stopped = self.stops.push(self.decoder.flush())
             text += tail + ("" if stopped else self.stops.flush())
+            self.cut_by_stop_string = stopped
             return Delta(text, [token], lps), "stop" if stopped else "length"
         return Delta(text, [token], lps), None
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pixdesk.engine.answers import AnswerMemory
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.events import Finish, Usage
 from pixdesk.engine.features import FeatureCache, prompt_features
@@ -51,6 +52,7 @@ class Scheduler:
         self.kv = KVCache.for_model(model, config.max_batch, config.max_context)
         self.prefix = PrefixCache(self.kv.k, config.prefix_block, config.prefix_cache_bytes)
         self.features = FeatureCache(config.image_cache_bytes)
+        self.answers = AnswerMemory()
         self.stats = EngineStats()
         self.queues: dict[str, deque[Sequence]] = {p: deque() for p in PRIORITIES}
         self.active: list[Sequence] = []
@@ -274,6 +276,10 @@ class Scheduler:
             self.prefix.release(seq.match)
             seq.match = None
         seq.embeds = None
+        if reason in ("stop", "length") and self.answers is not None:
+            found = seq.stream.answer(seq.generated)
+            if found:
+                self.answers.remember(*found)
         usage = Usage(seq.n_prompt, len(seq.generated), seq.start)
         self.stats.record_finish(reason)
         seq.submission.put(Finish(reason, usage, error))

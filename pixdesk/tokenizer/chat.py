@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from pixdesk.errors import InvalidRequest
 from pixdesk.tokenizer.image import PreparedImage
@@ -35,6 +36,7 @@ class ImageChunk:
 
 
 Chunk = TextChunk | ImageChunk
+AnswerLookup = Callable[[str], "list[int] | None"]
 
 
 @dataclass
@@ -60,15 +62,23 @@ class _Turn:
     content: str | list[Chunk] = ""
 
 
-def encode_instruct(tok: Tekkenizer, messages: list[ChatMessage]) -> EncodedPrompt:
-    """`<s>` + turns; ends with `[/INST]` (generation prompt) or an unfinished assistant prefix."""
+def encode_instruct(
+    tok: Tekkenizer, messages: list[ChatMessage], *, answer_ids: AnswerLookup | None = None
+) -> EncodedPrompt:
+    """`<s>` + turns; ends with `[/INST]` (generation prompt) or an unfinished assistant prefix.
+
+    `answer_ids` maps an assistant text to the token ids the model generated for it, if known. Re-encoding
+    a generated answer can give other (canonical) ids for the same text; reusing the generated ids keeps
+    the next turn's prompt equal to what the model saw, so the prefix cache covers the whole history.
+    """
     _validate(messages)
     system = _system_prompt(messages)
     turns = _merge_turns(messages)
     last_user = max(i for i, t in enumerate(turns) if t.role == "user")
     out = EncodedPrompt(ids=[tok.BOS])
+    encoders = {**_TURN_ENCODERS, "assistant": partial(_encode_assistant, answer_ids=answer_ids)}
     for i, turn in enumerate(turns):
-        _TURN_ENCODERS[turn.role](tok, turn, system if i == last_user else None, out)
+        encoders[turn.role](tok, turn, system if i == last_user else None, out)
     return out
 
 
@@ -116,10 +126,14 @@ def _encode_user(tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedP
     out.ids.append(tok.INST_END)
 
 
-def _encode_assistant(tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedPrompt) -> None:
+def _encode_assistant(
+    tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedPrompt, answer_ids: AnswerLookup | None = None
+) -> None:
     assert isinstance(turn.content, str), "validation keeps images out of assistant turns"
     # Only spaces are stripped (mistral_common uses rstrip(" ")); a trailing newline stays.
-    out.ids += tok.encode(turn.content.rstrip(" "))
+    text = turn.content.rstrip(" ")
+    known = answer_ids(text) if answer_ids and not turn.prefix else None
+    out.ids += known if known is not None else tok.encode(text)
     if not turn.prefix:
         out.ids.append(tok.EOS)
 

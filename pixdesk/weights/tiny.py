@@ -72,7 +72,7 @@ def tiny_vocab(n_ranks: int) -> list[bytes]:
         for w, seq in seqs.items():
             seqs[w] = _merge(seq, a, b)
     # Fill the rest with unused but valid two-byte tokens so every id below vocab_size decodes.
-    filler = (bytes([x, y]) for x in range(0x61, 0x7B) for y in range(0x30, 0x7B))
+    filler = (bytes([x, y]) for x in range(0x21, 0x7F) for y in range(0x21, 0x7F))
     seen = set(ranks)
     for tok in filler:
         if len(ranks) >= n_ranks:
