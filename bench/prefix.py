@@ -26,7 +26,9 @@ from pixdesk.weights.checkpoint import load_checkpoint
 from pixdesk.weights.tiny import random_state_dict, write_checkpoint
 
 MID = ModelArgs(
-    text=TextArgs(dim=768, n_layers=8, head_dim=64, hidden_dim=2048, n_heads=12, n_kv_heads=4, vocab_size=4096),
+    text=TextArgs(
+        dim=768, n_layers=8, head_dim=64, hidden_dim=2048, n_heads=12, n_kv_heads=4, vocab_size=4096
+    ),
     vision=VisionArgs(384, 3, 1024, 16, 1024, 4, 6),
 )
 SYSTEM = ChatMessage("system", "You are pixdesk, a careful assistant for screenshots, charts and code. " * 30)
@@ -38,7 +40,9 @@ def image(rows: int, cols: int, seed: int) -> PreparedImage:
 
 
 def user(*parts) -> ChatMessage:
-    return ChatMessage("user", [ImageChunk(p) if isinstance(p, PreparedImage) else TextChunk(p) for p in parts])
+    return ChatMessage(
+        "user", [ImageChunk(p) if isinstance(p, PreparedImage) else TextChunk(p) for p in parts]
+    )
 
 
 def ttft(eng, messages, max_tokens=1) -> tuple[float, list[int], dict]:
@@ -100,13 +104,20 @@ def main() -> None:
         ttft(eng, [user("warm-up")])
         rows = cases(eng)
     b1, b8 = throughput(ckpt, 1), throughput(ckpt, 8)
-    print(f"\nmodel: dim {MID.text.dim}, {MID.text.n_layers} layers, vision {MID.vision.hidden_size}x"
-          f"{MID.vision.num_hidden_layers}; {args.threads} threads; block {cfg.prefix_block}")
-    print(f"{'case':40} {'cold ms':>9} {'warm ms':>9} {'warm/cold':>9} {'reused':>7} {'prefilled':>9} {'vision':>6}")
+    print(
+        f"\nmodel: dim {MID.text.dim}, {MID.text.n_layers} layers, vision {MID.vision.hidden_size}x"
+        f"{MID.vision.num_hidden_layers}; {args.threads} threads; block {cfg.prefix_block}"
+    )
+    print(
+        f"{'case':40} {'cold ms':>9} {'warm ms':>9} {'warm/cold':>9} {'reused':>7} {'prefilled':>9} "
+        f"{'vision':>6}"
+    )
     for name, cold, warm, d in rows:
         reuse = d["reused_tokens"] / max(1, d["reused_tokens"] + d["prefilled_tokens"])
-        print(f"{name:40} {cold * 1e3:9.1f} {warm * 1e3:9.1f} {warm / cold:9.2f} {reuse:7.1%} "
-              f"{d['prefilled_tokens']:9d} {d['vision_calls']:6d}")
+        print(
+            f"{name:40} {cold * 1e3:9.1f} {warm * 1e3:9.1f} {warm / cold:9.2f} {reuse:7.1%} "
+            f"{d['prefilled_tokens']:9d} {d['vision_calls']:6d}"
+        )
     print(f"\ndecode throughput: batch 1 {b1:.1f} tok/s, batch 8 {b8:.1f} tok/s ({b8 / b1:.2f}x)")
 
 

@@ -127,7 +127,11 @@ def _encode_user(tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedP
 
 
 def _encode_assistant(
-    tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedPrompt, answer_ids: AnswerLookup | None = None
+    tok: Tekkenizer,
+    turn: _Turn,
+    system: str | None,
+    out: EncodedPrompt,
+    answer_ids: AnswerLookup | None = None,
 ) -> None:
     assert isinstance(turn.content, str), "validation keeps images out of assistant turns"
     # Only spaces are stripped (mistral_common uses rstrip(" ")); a trailing newline stays.

@@ -1,4 +1,4 @@
-"""Prefix cache: which requests hit (PIXTRAL prompt format), content-keyed images, eviction, on/off agreement."""
+"""Prefix cache: which requests hit (v3 prompt format), content-keyed images, eviction, on/off agreement."""
 
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ def _delta(eng, prompt, params):
     before = eng.stats()
     run = Run(eng.submit(prompt, params)).wait()
     after = eng.stats()
-    return run, after["prefilled_tokens"] - before["prefilled_tokens"], after["vision_calls"] - before["vision_calls"]
+    return (
+        run,
+        after["prefilled_tokens"] - before["prefilled_tokens"],
+        after["vision_calls"] - before["vision_calls"],
+    )
 
 
 def test_case1_same_system_prompt_different_image(tiny):
     with engine(tiny) as eng:
-        _delta(eng, eng.encode_chat([SYSTEM, user(image(2, 2, 1), "What is this?")]), SamplingParams(max_tokens=3))
+        _delta(
+            eng,
+            eng.encode_chat([SYSTEM, user(image(2, 2, 1), "What is this?")]),
+            SamplingParams(max_tokens=3),
+        )
         prompt = eng.encode_chat([SYSTEM, user(image(2, 2, 2), "What is this?")])
         run, prefilled, vision = _delta(eng, prompt, SamplingParams(max_tokens=3, **LP))
     assert prefilled <= 0.10 * len(prompt.ids), (prefilled, len(prompt.ids))
@@ -76,7 +84,9 @@ def test_identical_size_images_never_share_blocks(tiny):
         _delta(eng, eng.encode_chat([user(a, "Same question")]), params)
         prompt_b = eng.encode_chat([user(b, "Same question")])
         run, prefilled, _ = _delta(eng, prompt_b, params)
-    assert prefilled >= len(prompt_b.ids) - 2  # only `<s>[INST]` could match: the grid differs from token 2 on
+    assert (
+        prefilled >= len(prompt_b.ids) - 2
+    )  # only `<s>[INST]` could match: the grid differs from token 2 on
     assert_same_run(run.tokens, run.logprobs, *reference(tiny, prompt_b, params))
 
 
