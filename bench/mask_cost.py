@@ -30,13 +30,15 @@ SIMPLE = {"type": "object", "properties": {"total": {"type": "number"}}, "requir
 DOCS = {
     "simple": (SIMPLE, {"total": 12.5}),
     "chart": (CHART, {"title": "Quarterly revenue by region", "chart_type": "bar",
-                      "x_axis": {"title": "Quarter", "unit": ""}, "y_axis": {"title": "Revenue", "unit": "million EUR"},
+                      "x_axis": {"title": "Quarter", "unit": ""},
+                      "y_axis": {"title": "Revenue", "unit": "million EUR"},
                       "categories": ["Q1", "Q2", "Q3", "Q4"],
                       "series": [{"name": "North", "values": [12.5, 14, 15.25, 18]},
                                  {"name": "South", "values": [8, 9.5, None, 11.75]}]}),
     "receipt": (RECEIPT, {"merchant": "Café Rosa", "date": "2024-03-07", "currency": "EUR",
                           "items": [{"name": "Espresso", "quantity": 2, "unit_price": 2.5, "total": 5},
-                                    {"name": "Croissant au beurre", "quantity": 1, "unit_price": 3.2, "total": 3.2}],
+                                    {"name": "Croissant au beurre", "quantity": 1, "unit_price": 3.2,
+                                     "total": 3.2}],
                           "subtotal": 8.2, "tax": 0.82, "tip": None, "total": 9.02}),
 }  # fmt: skip
 
@@ -61,7 +63,9 @@ def bench_llguidance(tok: Tekkenizer, docs: dict, repeat: int) -> list[tuple]:
         bits = lnp.allocate_token_bitmask(1, tok.n_words)
         for _ in range(repeat):
             t = time.perf_counter()
-            m = LLMatcher(factory.lltokenizer, LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS))
+            m = LLMatcher(
+                factory.lltokenizer, LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+            )
             compile_s.append(time.perf_counter() - t)
             for tid in ids:
                 t = time.perf_counter()
@@ -115,7 +119,9 @@ def bench_xgrammar(tok: Tekkenizer, docs: dict, repeat: int) -> list[tuple]:
         for _ in range(repeat):
             compiler = xgr.GrammarCompiler(info, max_threads=2, cache_enabled=False)
             t = time.perf_counter()
-            cg = compiler.compile_json_schema(json.dumps(schema), any_whitespace=False, separators=(", ", ": "))
+            cg = compiler.compile_json_schema(
+                json.dumps(schema), any_whitespace=False, separators=(", ", ": ")
+            )
             m = xgr.GrammarMatcher(cg)
             compile_s.append(time.perf_counter() - t)
             for tid in ids:
@@ -138,9 +144,19 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tok = Tekkenizer.from_file(args.tokenizer)
     rows = bench_llguidance(tok, DOCS, args.repeat) + bench_xgrammar(tok, DOCS, args.repeat)
-    out = [f"vocabulary: {args.tokenizer.name}, {tok.n_words} ids; torch threads {torch.get_num_threads()}", "",
-           "| library | schema | tokenizer build ms | grammar compile ms | per-step mean ms | per-step p99 ms | steps |",
-           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    cols = [
+        "library",
+        "schema",
+        "tokenizer build ms",
+        "grammar compile ms",
+        "per-step mean ms",
+        "per-step p99 ms",
+    ]
+    out = [
+        f"vocabulary: {args.tokenizer.name}, {tok.n_words} ids; torch threads {torch.get_num_threads()}",
+        "",
+    ]
+    out += ["| " + " | ".join([*cols, "steps"]) + " |", "|---" * (len(cols) + 1) + "|"]
     for lib, name, build, comp, mean, p99, n in rows:
         b = f"{build:.0f}" if build else "-"
         c = f"{comp:.2f}" if comp else "-"

@@ -47,7 +47,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import pixdesk.model.pixtral, pixdesk.weights.load, pixdesk.weights.checkpoint, pixdesk.weights.tiny
 import pixdesk.tokenizer.tekken, pixdesk.tokenizer.chat, pixdesk.tokenizer.image
-import pixdesk.engine.generate
+import pixdesk.engine.generate, pixdesk.engine.backend, pixdesk.engine.scheduler
 print("ok")
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent)

@@ -40,7 +40,7 @@ class Engine(Protocol):
 
     def prepare_image(self, data: bytes) -> PreparedImage: ...
 
-    def encode_chat(self, messages: list[ChatMessage]) -> EncodedPrompt: ...
+    def encode_chat(self, messages: list, tools: list | None = None) -> EncodedPrompt: ...
 
     def submit(
         self,
@@ -50,6 +50,9 @@ class Engine(Protocol):
         priority: str = "interactive",
         client_id: str = "local",
         mask: LogitMask | None = None,
+        response_format: dict | None = None,
+        tools: list | None = None,
+        tool_choice: str | dict | None = None,
     ) -> Submission: ...
 
     def stats(self) -> dict: ...
@@ -68,6 +71,7 @@ class LocalEngine:
         self.checkpoint, self.config, self.images = checkpoint, config, images
         self.model, self.tokenizer = checkpoint.model, checkpoint.tokenizer
         self.scheduler = Scheduler(self.model, config)
+        self._grammar = None  # llguidance, built on first structured request (a bare GPU box may lack it)
         v = self.model.args.vision
         self.info = ModelInfo(
             id=name or checkpoint.files.root.name,
@@ -91,6 +95,17 @@ class LocalEngine:
 
     def stop(self) -> None:
         self.scheduler.stop()
+        if self._grammar is not None:
+            self._grammar.close()
+
+    @property
+    def grammar(self):
+        """The GrammarFactory for this tokenizer (structured output and tool calls)."""
+        if self._grammar is None:
+            from pixdesk.engine.grammar import GrammarFactory
+
+            self._grammar = GrammarFactory(self.tokenizer)
+        return self._grammar
 
     def __enter__(self) -> LocalEngine:
         return self.start()
@@ -112,8 +127,14 @@ class LocalEngine:
             limits=limits,
         )
 
-    def encode_chat(self, messages: list[ChatMessage]) -> EncodedPrompt:
-        prompt = encode_instruct(self.tokenizer, messages, answer_ids=self.scheduler.answers.lookup)
+    def encode_chat(self, messages: list, tools: list | None = None) -> EncodedPrompt:
+        """Messages (ChatMessage, or tools.py's tool-call/result messages) -> prompt ids and images."""
+        if not tools and all(isinstance(m, ChatMessage) for m in messages):
+            prompt = encode_instruct(self.tokenizer, messages, answer_ids=self.scheduler.answers.lookup)
+        else:
+            from pixdesk.tokenizer.tools import encode_with_tools
+
+            prompt = encode_with_tools(self.tokenizer, messages, tools)
         self._check_images(prompt)
         return prompt
 
@@ -135,12 +156,25 @@ class LocalEngine:
         priority: str = "interactive",
         client_id: str = "local",
         mask: LogitMask | None = None,
+        response_format: dict | None = None,
+        tools: list | None = None,
+        tool_choice: str | dict | None = None,
     ) -> Submission:
+        """Queue one generation. `response_format` (json_object / json_schema) and `tools` + `tool_choice`
+        (OpenAI shapes) become a grammar mask unless the caller passes its own `mask`."""
         if priority not in PRIORITIES:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
         params.validate(self.info.vocab_size)
         self._check_images(prompt)
         check_context(len(prompt.ids), params.max_tokens, self.config.max_context)
+        if mask is None and tools:
+            from pixdesk.tokenizer.tools import tool_call_mask
+
+            mask = tool_call_mask(self.grammar, tools, tool_choice, params.max_tokens)
+        elif mask is None and response_format is not None:
+            from pixdesk.engine.grammar import mask_for_response_format
+
+            mask = mask_for_response_format(self.grammar, response_format, params)
         submission = Submission("", self.scheduler.wake)
         seq = Sequence(
             prompt=prompt,

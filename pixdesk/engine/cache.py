@@ -24,10 +24,15 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str = "cpu",
     ):
-        shape = (n_layers, n_slots, max_len, n_kv_heads, head_dim)
+        # One spare position per slot (index max_len): the static decode step parks idle slots there.
+        shape = (n_layers, n_slots, max_len + 1, n_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.n_slots, self.max_len = n_slots, max_len
+
+    @property
+    def scratch_position(self) -> int:
+        return self.max_len
 
     @classmethod
     def for_model(cls, model, n_slots: int, max_len: int) -> KVCache:
@@ -57,14 +62,30 @@ class SlotView:
         self.cache = cache
         self.slots = slots.to(cache.k.device)  # (B,)
         self.positions = positions.to(cache.k.device)  # (B, T)
-        self.kv_len = int(self.positions.max()) + 1
-        key_pos = torch.arange(self.kv_len, device=cache.k.device)
-        self.mask = (key_pos[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, S)
+        B, T = positions.shape
+        first, last = int(self.positions[:, 0].min()), int(self.positions.max())
+        self.kv_len = last + 1
+        # One sequence, contiguous positions: write with a slice and read a view (no gather copies).
+        self.single = int(self.slots[0]) if B == 1 and last - first + 1 == T else None
+        # A prefill from position 0 is plain causal attention: the flash kernel, no mask tensor.
+        self.causal = self.single is not None and first == 0
+        self.mask = None
+        if not self.causal:
+            key_pos = torch.arange(self.kv_len, device=cache.k.device)
+            self.mask = (key_pos[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, S)
+        self.first = first
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        rows = self.slots[:, None]  # (B, 1) broadcasts against positions (B, T)
-        self.cache.k[layer][rows, self.positions] = k
-        self.cache.v[layer][rows, self.positions] = v
-        keys = self.cache.k[layer][self.slots, : self.kv_len]  # (B, S, Hkv, D)
-        values = self.cache.v[layer][self.slots, : self.kv_len]
-        return sdpa(q, keys, values, self.mask)
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        if self.single is not None:
+            s, lo, hi = self.single, self.first, self.kv_len
+            kc[s, lo:hi] = k[0]
+            vc[s, lo:hi] = v[0]
+            keys, values = kc[s : s + 1, :hi], vc[s : s + 1, :hi]  # (1, S, Hkv, D) views
+        else:
+            rows = self.slots[:, None]  # (B, 1) broadcasts against positions (B, T)
+            kc[rows, self.positions] = k
+            vc[rows, self.positions] = v
+            keys = kc[self.slots, : self.kv_len]  # (B, S, Hkv, D)
+            values = vc[self.slots, : self.kv_len]
+        return sdpa(q, keys, values, self.mask, causal=self.causal)

@@ -52,7 +52,7 @@ def decode_step(
     model: Pixtral, kv: KVCache, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor
 ) -> torch.Tensor:
     """One new token per sequence: tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V)."""
-    h = model.embed(tokens[:, None].to(model.device))
+    h = model.tok_embeddings(tokens[:, None].to(model.device))  # a generated [IMG] id is just an embedding
     pos = positions[:, None].to(model.device)
     return model.logits(model(h, pos, kv.view(slots, pos))[:, 0])
 

@@ -95,12 +95,14 @@ class GrammarFactory:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def submit(self, fn, *args) -> Future:
-        if self._pool is None:
-            done: Future = Future()
-            done.set_result(fn(*args))
-            return done
-        return self._pool.submit(fn, *args)
+    def submit(self, fn, *args) -> Future | object:
+        """Run fn on the worker (a Future), or inline when there is none or it was closed (the result)."""
+        if self._pool is not None:
+            try:
+                return self._pool.submit(fn, *args)
+            except RuntimeError:  # closed while requests were still running: finish them inline
+                pass
+        return fn(*args)
 
     # ------------------------------------------------------------------------------ grammars
 
@@ -164,11 +166,15 @@ class GrammarMask:
         if first.closing is None or len(first.closing) + 1 > max_tokens:
             need = "an unbounded number of" if first.closing is None else str(len(first.closing) + 1)
             raise InvalidRequest(
-                f"max_tokens is {max_tokens}, but the shortest output this schema allows needs {need} tokens; "
+                f"max_tokens is {max_tokens}, but the shortest valid output takes {need} tokens; "
                 "raise max_tokens or bound the schema (maxLength, maxItems)",
                 param="max_tokens",
             )
         self._next: Future | _Step = first
+        # Budget slack under which every token is checked. One token can open a structure whose own closing
+        # is long (a receipt item: `{"name": "", "quantity": null, ...}`), so the slack grows with the
+        # shortest document and with the largest one-token growth seen so far.
+        self.margin = max(MARGIN, len(first.closing))
 
     @property
     def accepting(self) -> bool:
@@ -185,7 +191,7 @@ class GrammarMask:
                 param="max_tokens",
             )
         offsets = step.offsets
-        if left - (len(step.closing) + 1) < MARGIN:
+        if left - (len(step.closing) + 1) < self.margin:
             offsets = self._keep_closable(logits, offsets, step.closing, left)
         v, n = logits.shape[-1], offsets.shape[0]
         if v > n:  # model rows past the tokenizer's vocabulary are never allowed
@@ -209,10 +215,13 @@ class GrammarMask:
         offsets = torch.from_numpy(_BYTE_TO_OFFSETS[self._bits.view(np.uint8)[0]].reshape(-1)[:n])
         left = self.max_tokens - self.generated
         # The closing walk costs ~0.5 ms; far from the budget an 8-step-old length is good enough.
-        if prev is not None and prev.closing is not None and left - len(prev.closing) > 4 * MARGIN:
+        if prev is not None and prev.closing is not None and left - len(prev.closing) > 4 * self.margin:
             if self.generated % 8:
                 return _Step(offsets, prev.closing, fresh=False)
-        return _Step(offsets, closing_tokens(self.factory, self.matcher))
+        closing = closing_tokens(self.factory, self.matcher)
+        if prev is not None and prev.fresh and prev.closing is not None and closing is not None:
+            self.margin = max(self.margin, 2 * (len(closing) - len(prev.closing)))
+        return _Step(offsets, closing)
 
     def _keep_closable(
         self, logits: torch.Tensor, offsets: torch.Tensor, closing: list[int], left: int
@@ -296,10 +305,10 @@ def _shorter_spelling(factory: GrammarFactory, matcher: LLMatcher, walked: list[
 def mask_for_response_format(
     factory: GrammarFactory, response_format: dict | None, params: SamplingParams
 ) -> GrammarMask | None:
-    """OpenAI `response_format` -> a mask (None for absent or {"type": "text"}); InvalidRequest names the field.
+    """OpenAI `response_format` -> a mask (None when absent or text); InvalidRequest names the bad field.
 
     Accepted: {"type": "text"}, {"type": "json_object"},
-    {"type": "json_schema", "json_schema": {"name": str, "schema": {...}, "strict": bool, "description": str}}.
+    {"type": "json_schema", "json_schema": {"name": str, "schema": {...}, "strict": bool, ...}}.
     """
     if response_format is None:
         return None

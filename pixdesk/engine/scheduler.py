@@ -26,6 +26,7 @@ from pixdesk.engine.generate import decode_step, prefill
 from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
 from pixdesk.engine.sampling import adjust_logits, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
+from pixdesk.engine.static import StaticDecoder
 from pixdesk.engine.stats import EngineStats
 from pixdesk.errors import InternalError, Overloaded, PixdeskError
 
@@ -44,6 +45,8 @@ class SchedulerConfig:
     prefix_block: int = 16
     prefix_cache_bytes: int = 256 * 2**20
     image_cache_bytes: int = 64 * 2**20
+    static_decode: bool | None = None  # all slots in one fixed-shape step; None: on a GPU
+    compile: bool | None = None  # torch.compile + CUDA graphs for the static step; None: on a GPU
 
 
 class Scheduler:
@@ -53,6 +56,9 @@ class Scheduler:
         self.prefix = PrefixCache(self.kv.k, config.prefix_block, config.prefix_cache_bytes)
         self.features = FeatureCache(config.image_cache_bytes)
         self.answers = AnswerMemory()
+        on_gpu = self.kv.k.device.type == "cuda"
+        static = on_gpu if config.static_decode is None else config.static_decode
+        self.decoder = StaticDecoder(model, self.kv, compile=config.compile) if static else None
         self.stats = EngineStats()
         self.queues: dict[str, deque[Sequence]] = {p: deque() for p in PRIORITIES}
         self.active: list[Sequence] = []
@@ -200,7 +206,10 @@ class Scheduler:
             if self.stage_hook:
                 for s in seqs:
                     self.stage_hook("decode", s)
-            logits = decode_step(self.model, self.kv, slots, tokens, positions)
+            if self.decoder is not None:
+                logits = self.decoder.step(slots, tokens, positions)
+            else:
+                logits = decode_step(self.model, self.kv, slots, tokens, positions)
         except _PASS_THROUGH:
             raise
         except BaseException:  # isolate: redo one by one so only the failing request ends

@@ -41,11 +41,23 @@ class Attention(nn.Module):
         self.wv = nn.Linear(dim, n_kv_heads * head_dim, bias=False)
         self.wo = nn.Linear(n_heads * head_dim, dim, bias=False)
 
+    def fuse(self) -> None:
+        """One (q|k|v) projection instead of three: one weight read and one launch per decode step."""
+        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight]).detach()
+        self.wqkv = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.wqkv.weight = nn.Parameter(w, requires_grad=False)
+        del self.wq, self.wk, self.wv
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, Hkv, D)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if hasattr(self, "wqkv"):
+            q, k, v = self.wqkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(B, T, H, D)  # (B, T, H, D)
+        k = k.view(B, T, Hkv, D)  # (B, T, Hkv, D)
+        v = v.view(B, T, Hkv, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attend(q, k, v)  # (B, T, H, D)
         return self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
@@ -58,7 +70,17 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden_dim, dim, bias=False)  # down
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)  # up
 
+    def fuse(self) -> None:
+        """One (gate|up) projection instead of two."""
+        w = torch.cat([self.w1.weight, self.w3.weight]).detach()
+        self.w13 = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+        self.w13.weight = nn.Parameter(w, requires_grad=False)
+        del self.w1, self.w3
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "w13"):
+            gate, up = self.w13(x).chunk(2, dim=-1)
+            return self.w2(F.silu(gate) * up)
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
 
@@ -75,12 +97,32 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Scaled dot-product attention on (B, T, H, D) layouts with GQA; mask is bool (B|1, 1, T, S)."""
+def sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, *, causal: bool = False
+) -> torch.Tensor:
+    """Scaled dot-product attention on (B, T, H, D) layouts with GQA; mask is bool (B|1, 1, T, S).
+
+    `causal=True` (no mask) lets PyTorch pick the flash kernel for a prefill that starts at position 0.
+    """
     groups = q.shape[2] // k.shape[2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
     return out.transpose(1, 2)  # (B, T, H, D)
+
+
+def gqa_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query per sequence against its cache, reading each KV head once (no repeat_interleave).
+
+    q (B, 1, H, D); keys/values (B, S, Hkv, D); mask bool (B, S) -> (B, 1, H, D). Softmax in fp32.
+    """
+    B, _, H, D = q.shape
+    Hkv = keys.shape[2]
+    qg = q.view(B, Hkv, H // Hkv, D)  # head h reads KV head h // (H / Hkv)
+    scores = torch.matmul(qg, keys.permute(0, 2, 3, 1)).float() * D**-0.5  # (B, Hkv, G, S)
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(values.dtype)
+    out = torch.matmul(probs, values.transpose(1, 2))  # (B, Hkv, G, D)
+    return out.reshape(B, 1, H, D)

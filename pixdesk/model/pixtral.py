@@ -39,6 +39,13 @@ class Pixtral(nn.Module):
             self.vision_encoder = VisionEncoder(v)
             self.vision_language_adapter = VisionLanguageAdapter(v.hidden_size, t.dim, v.adapter_bias)
 
+    def fuse_projections(self) -> Pixtral:
+        """Fuse q|k|v and gate|up in every decoder layer (after loading; names then differ from the file)."""
+        for layer in self.layers:
+            layer.attention.fuse()
+            layer.feed_forward.fuse()
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.tok_embeddings.weight.dtype

@@ -46,10 +46,9 @@ class VisionEncoder(nn.Module):
             patches.append(emb.flatten(1).T)  # (h*w, hidden), row-major
         x = self.ln_pre(torch.cat(patches)[None])  # (1, L, hidden)
         cos, sin = self._rope(grids, x.device)
-        mask = _block_diagonal_mask(grids, x.device)
-        attend = lambda q, k, v: sdpa(q, k, v, mask)  # noqa: E731
+        spans = _spans(grids)
         for layer in self.transformer.layers:
-            x = layer(x, cos, sin, attend)
+            x = layer(x, cos, sin, lambda q, k, v: _block_diagonal(q, k, v, spans))
         return x[0]
 
     def _rope(self, grids, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,12 +58,19 @@ class VisionEncoder(nn.Module):
         return rope_tables(angles[None])  # (1, L, 1, hd/2) each
 
 
-def _block_diagonal_mask(grids: list[tuple[int, int]], device) -> torch.Tensor | None:
-    """Bool (1, 1, L, L): a patch attends only to patches of its own image. None for a single image."""
-    if len(grids) == 1:
-        return None
-    image_of = torch.cat([torch.full((h * w,), i, device=device) for i, (h, w) in enumerate(grids)])
-    return (image_of[:, None] == image_of[None, :])[None, None]
+def _spans(grids: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out, lo = [], 0
+    for h, w in grids:
+        out.append((lo, lo + h * w))
+        lo += h * w
+    return out
+
+
+def _block_diagonal(q, k, v, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Bidirectional attention within each image only (varlen: no padding, no L x L mask)."""
+    if len(spans) == 1:
+        return sdpa(q, k, v, None)
+    return torch.cat([sdpa(q[:, a:b], k[:, a:b], v[:, a:b], None) for a, b in spans], dim=1)
 
 
 class VisionLanguageAdapter(nn.Module):

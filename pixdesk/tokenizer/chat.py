@@ -20,7 +20,7 @@ from pixdesk.tokenizer.image import PreparedImage
 from pixdesk.tokenizer.tekken import Tekkenizer
 
 _JOIN = "\n\n"  # between system prompts, merged messages and adjacent text chunks
-_ROLES = ("system", "user", "assistant")  # "tool" goes here once tool calls are supported
+_ROLES = ("system", "user", "assistant")  # "tool" and assistant tool calls: tokenizer/tools.py
 _IMAGE_ROLES = frozenset({"user"})
 _MERGED_ROLES = frozenset({"user", "assistant"})  # tool results, when added, stay one turn each
 
@@ -53,7 +53,7 @@ class EncodedPrompt:
 
 
 @dataclass
-class _Turn:
+class Turn:
     """Consecutive same-role messages merged; `content` is a str when the turn has no image."""
 
     role: str
@@ -72,7 +72,7 @@ def encode_instruct(
     the next turn's prompt equal to what the model saw, so the prefix cache covers the whole history.
     """
     _validate(messages)
-    system = _system_prompt(messages)
+    system = system_prompt(messages)
     turns = _merge_turns(messages)
     last_user = max(i for i, t in enumerate(turns) if t.role == "user")
     out = EncodedPrompt(ids=[tok.BOS])
@@ -109,7 +109,7 @@ def encode_completion(
 # -- encoding ---------------------------------------------------------------------------------------------
 
 
-def _encode_user(tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedPrompt) -> None:
+def encode_user_turn(tok: Tekkenizer, turn: Turn, system: str | None, out: EncodedPrompt) -> None:
     out.ids.append(tok.INST)
     if isinstance(turn.content, str):
         # Text-only turns are encoded as one string with the system prompt (matters when the user text
@@ -128,7 +128,7 @@ def _encode_user(tok: Tekkenizer, turn: _Turn, system: str | None, out: EncodedP
 
 def _encode_assistant(
     tok: Tekkenizer,
-    turn: _Turn,
+    turn: Turn,
     system: str | None,
     out: EncodedPrompt,
     answer_ids: AnswerLookup | None = None,
@@ -142,8 +142,8 @@ def _encode_assistant(
         out.ids.append(tok.EOS)
 
 
-_TURN_ENCODERS: dict[str, Callable[[Tekkenizer, _Turn, str | None, EncodedPrompt], None]] = {
-    "user": _encode_user,
+_TURN_ENCODERS: dict[str, Callable[[Tekkenizer, Turn, str | None, EncodedPrompt], None]] = {
+    "user": encode_user_turn,
     "assistant": _encode_assistant,
 }
 
@@ -164,14 +164,14 @@ def _image_first(content: list[Chunk]) -> list[Chunk]:
 # -- normalization ----------------------------------------------------------------------------------------
 
 
-def _system_prompt(messages: list[ChatMessage]) -> str | None:
-    parts = [_merge_content([m.content]) for m in messages if m.role == "system" and m.content]
+def system_prompt(messages: list[ChatMessage]) -> str | None:
+    parts = [merge_content([m.content]) for m in messages if m.role == "system" and m.content]
     return _JOIN.join(str(p) for p in parts) or None
 
 
-def _merge_turns(messages: list[ChatMessage]) -> list[_Turn]:
+def _merge_turns(messages: list[ChatMessage]) -> list[Turn]:
     """Merge consecutive same-role messages. A system message in between still separates two turns."""
-    turns: list[_Turn] = []
+    turns: list[Turn] = []
     prev_role = None
     for m in messages:
         if m.role != "system":
@@ -179,16 +179,16 @@ def _merge_turns(messages: list[ChatMessage]) -> list[_Turn]:
                 turns[-1].contents.append(m.content)
                 turns[-1].prefix = m.prefix
             else:
-                turns.append(_Turn(m.role, [m.content], m.prefix))
+                turns.append(Turn(m.role, [m.content], m.prefix))
         prev_role = m.role
     for turn in turns:
-        turn.content = _merge_content(turn.contents)
+        turn.content = merge_content(turn.contents)
     if turns[0].role != "user":
-        turns.insert(0, _Turn("user", [], content=""))  # v3 prompts always open with [INST]
+        turns.insert(0, Turn("user", [], content=""))  # v3 prompts always open with [INST]
     return turns
 
 
-def _merge_content(contents: list[str | list[Chunk]]) -> str | list[Chunk]:
+def merge_content(contents: list[str | list[Chunk]]) -> str | list[Chunk]:
     """Join text runs with "\\n\\n" (empty texts dropped); images split runs. A str if there is no image."""
     merged: list[Chunk] = []
     run: list[str] = []

@@ -139,10 +139,12 @@ def test_response_format_shapes(factory):
         ({"type": "yaml"}, "response_format.type"),
         ({"type": "json_schema"}, "response_format.json_schema"),
         ({"type": "json_schema", "json_schema": {"schema": SCHEMA}}, "response_format.json_schema.name"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": []}}, "response_format.json_schema.schema"),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": []}},
+         "response_format.json_schema.schema"),
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}},
          "response_format.json_schema.schema"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}}, "response_format.json_schema.strict"),
+        ({"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}},
+         "response_format.json_schema.strict"),
         ({"type": "json_object", "extra": 1}, "response_format"),
     ]  # fmt: skip
     for rf, param in bad:

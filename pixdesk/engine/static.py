@@ -1,0 +1,86 @@
+"""The static-shape decode step: every KV slot at once, one compiled graph per attention-length bucket.
+
+The scheduler's batch changes every few steps; a CUDA graph wants fixed shapes and addresses. So the step
+always runs all `n_slots` rows: live sequences at their positions, idle slots parked on the cache's spare
+position (their outputs are dropped). Attention reads the first `bucket` positions of each slot, where
+`bucket` is the longest live sequence rounded up to a multiple of `bucket_size`; each bucket compiles once
+(torch.compile with CUDA graphs on a GPU; plain eager on the CPU). The bucket length is a dynamic dimension
+of the compiled graph, so Dynamo and Inductor run once; CUDA graphs are then recorded per bucket.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pixdesk.engine.cache import KVCache
+from pixdesk.model.layers import gqa_decode
+
+
+class StaticView:
+    """KV view for the static step: writes row i at positions[i], reads keys [0, bucket) of every slot."""
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, key_pos: torch.Tensor):
+        self.cache, self.positions, self.bucket = cache, positions, key_pos.shape[0]
+        self.rows = torch.arange(cache.n_slots, device=positions.device)
+        self.mask = key_pos[None, :] <= positions[:, None]  # (n_slots, bucket)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        kc[self.rows, self.positions] = k[:, 0]
+        vc[self.rows, self.positions] = v[:, 0]
+        return gqa_decode(q, kc[:, : self.bucket], vc[:, : self.bucket], self.mask)
+
+
+class StaticDecoder:
+    def __init__(self, model, cache: KVCache, *, compile: bool | None = None, bucket_size: int = 512):
+        self.model, self.cache, self.bucket_size = model, cache, bucket_size
+        device = cache.k.device
+        self.compile = device.type == "cuda" if compile is None else compile
+        self.tokens = torch.zeros(cache.n_slots, dtype=torch.long, device=device)
+        self.positions = torch.full((cache.n_slots,), cache.scratch_position, dtype=torch.long, device=device)
+        self.key_pos: dict[int, torch.Tensor] = {}
+        self._fn = None
+
+    def bucket(self, longest: int) -> int:
+        """Attention length covering positions < longest, rounded up to a multiple of bucket_size."""
+        b = -(-longest // self.bucket_size) * self.bucket_size
+        return min(b, self.cache.max_len + 1)
+
+    @property
+    def steps(self) -> dict[int, torch.Tensor]:
+        """The buckets used so far."""
+        return self.key_pos
+
+    def _step(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        h = self.model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
+        out = self.model(h, positions[:, None], StaticView(self.cache, positions, key_pos))
+        return self.model.logits(out[:, 0])  # (n_slots, V) fp32
+
+    def _function(self):
+        if self._fn is None:
+            self._fn = (
+                torch.compile(self._step, mode="reduce-overhead", fullgraph=True)
+                if self.compile
+                else self._step
+            )
+        return self._fn
+
+    def _key_pos(self, bucket: int) -> torch.Tensor:
+        if bucket not in self.key_pos:
+            t = torch.arange(bucket, device=self.tokens.device)
+            if self.compile:
+                torch._dynamo.mark_dynamic(t, 0)
+            self.key_pos[bucket] = t
+        return self.key_pos[bucket]
+
+    def step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V) for those rows."""
+        device = self.tokens.device
+        slots, tokens, positions = slots.to(device), tokens.to(device), positions.to(device)
+        self.tokens.zero_()
+        self.positions.fill_(self.cache.scratch_position)
+        self.tokens[slots] = tokens
+        self.positions[slots] = positions
+        key_pos = self._key_pos(self.bucket(int(positions.max()) + 1))
+        logits = self._function()(self.tokens, self.positions, key_pos)
+        return logits[slots]  # indexing copies out of the graph's output buffer

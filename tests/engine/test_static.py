@@ -1,0 +1,62 @@
+"""The static decode step (all slots, bucketed attention) equals the per-request decode step."""
+
+from __future__ import annotations
+
+import torch
+
+from pixdesk.engine.cache import KVCache
+from pixdesk.engine.generate import decode_step, embed_prompt, prefill
+from pixdesk.engine.static import StaticDecoder
+
+from .helpers import TOL, image, user
+
+
+def test_static_step_matches_dynamic_step(tiny):
+    from pixdesk.tokenizer.chat import encode_instruct
+
+    model, tok = tiny.model, tiny.tokenizer
+    prompts = [encode_instruct(tok, [user(*( [image(2, 3, i)] if i else []), "question " * (3 + 5 * i))])
+               for i in range(3)]  # fmt: skip
+    kv_a, kv_b = (KVCache.for_model(model, 4, 200) for _ in range(2))
+    slots = [3, 0, 2]  # slot 1 idle: parked on the spare position
+    with torch.no_grad():
+        for slot, p in zip(slots, prompts):
+            for kv in (kv_a, kv_b):
+                prefill(model, kv, slot, embed_prompt(model, p), 0)
+        static = StaticDecoder(model, kv_b, compile=False, bucket_size=16)
+        positions = torch.tensor([len(p.ids) for p in prompts])
+        tokens = torch.tensor([1100, 1200, 1300])
+        for step in range(5):
+            want = decode_step(model, kv_a, torch.tensor(slots), tokens, positions)
+            got = static.step(torch.tensor(slots), tokens, positions)
+            assert float((got - want).abs().max()) <= TOL * float(want.abs().max()), step
+            tokens, positions = want.argmax(-1), positions + 1
+    assert len(static.steps) >= 1
+
+
+def test_fused_projections_compute_the_same(tiny_dir):
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(tiny_dir).model, load_checkpoint(tiny_dir).model.fuse_projections()
+    assert hasattr(b.layers[0].attention, "wqkv") and not hasattr(b.layers[0].attention, "wq")
+    ids = torch.tensor([[1, 3, 1500, 1600, 1700, 4]])
+    pos = torch.arange(6)[None]
+    with torch.no_grad():
+        outs = [m.logits(m(m.embed(ids), pos, KVCache.for_model(m, 1, 8).view(torch.tensor([0]), pos)))
+                for m in (a, b)]  # fmt: skip
+    assert float((outs[0] - outs[1]).abs().max()) <= TOL * float(outs[0].abs().max())
+
+
+def test_engine_with_static_decode_equals_reference(tiny):
+    from pixdesk.engine.sampling import SamplingParams
+
+    from .helpers import Run, assert_same_run, engine, reference
+
+    with engine(tiny, max_batch=3, static_decode=True) as eng:
+        assert eng.scheduler.decoder is not None
+        prompts = [eng.encode_chat([user(f"q {i} " * (i + 2))]) for i in range(4)]
+        params = SamplingParams(max_tokens=9, logprobs=True, top_logprobs=2)
+        runs = [Run(eng.submit(p, params)) for p in prompts]
+        for r, p in zip(runs, prompts):
+            r.wait()
+            assert_same_run(r.tokens, r.logprobs, *reference(tiny, p, params))
