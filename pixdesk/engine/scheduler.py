@@ -199,6 +199,7 @@ class Scheduler:
             self._sample(seq, logits)
 
     def _decode(self, seqs: list[Sequence]) -> None:
+        start = time.perf_counter()
         slots = torch.tensor([s.slot for s in seqs])
         tokens = torch.tensor([s.pending for s in seqs])
         positions = torch.tensor([s.n_prompt + len(s.generated) - 1 for s in seqs])
@@ -218,9 +219,9 @@ class Scheduler:
                     s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i])
                 )
             return
-        self.stats.record_decode_step(len(seqs))
         for i, s in enumerate(seqs):
             self._guarded(s, "sample", lambda s=s, i=i: self._sample(s, logits[i]))
+        self.stats.record_decode_step(len(seqs), time.perf_counter() - start)
 
     def _decode_one(self, seq: Sequence, slot, token, position) -> None:
         if self.stage_hook:

@@ -40,6 +40,9 @@ class StaticDecoder:
         self.positions = torch.full((cache.n_slots,), cache.scratch_position, dtype=torch.long, device=device)
         self.key_pos: dict[int, torch.Tensor] = {}
         self._fn = None
+        if self.compile:  # the KV tensors are mutated inside the graph: keep their addresses fixed
+            torch._dynamo.mark_static_address(cache.k)
+            torch._dynamo.mark_static_address(cache.v)
 
     def bucket(self, longest: int) -> int:
         """Attention length covering positions < longest, rounded up to a multiple of bucket_size."""

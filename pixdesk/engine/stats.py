@@ -20,6 +20,7 @@ class EngineStats:
     prefill_chunks: int = 0
     decode_steps: int = 0
     seqs_per_step: Counter = field(default_factory=Counter)  # batch size -> decode steps
+    decode_seconds: Counter = field(default_factory=Counter)  # batch size -> seconds in those steps
     vision_calls: int = 0  # images encoded (feature-cache misses)
     masked_steps: int = 0  # sampling steps under a structured-output mask
     ttft_s: deque = field(default_factory=lambda: deque(maxlen=1000))
@@ -27,9 +28,15 @@ class EngineStats:
     _finish_times: deque = field(default_factory=lambda: deque(maxlen=200))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record_decode_step(self, batch: int) -> None:
+    def record_decode_step(self, batch: int, seconds: float = 0.0) -> None:
         self.decode_steps += 1
         self.seqs_per_step[batch] += 1
+        self.decode_seconds[batch] += seconds
+
+    def decode_tok_s(self, batch: int) -> float | None:
+        """Tokens per second over the decode steps that ran exactly `batch` sequences."""
+        t = self.decode_seconds.get(batch)
+        return batch * self.seqs_per_step[batch] / t if t else None
 
     def record_ttft(self, seconds: float) -> None:
         self.ttft_s.append(seconds)
@@ -65,6 +72,7 @@ class EngineStats:
             "prefill_chunks": self.prefill_chunks,
             "decode_steps": self.decode_steps,
             "seqs_per_decode_step": dict(self.seqs_per_step),
+            "decode_tok_s_by_batch": {b: self.decode_tok_s(b) for b in self.seqs_per_step},
             "mean_seqs_per_decode_step": (
                 sum(k * v for k, v in self.seqs_per_step.items()) / self.decode_steps
                 if self.decode_steps

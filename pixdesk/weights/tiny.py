@@ -8,6 +8,7 @@ two layers per tower, 2-D RoPE, a biased adapter.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 from collections import Counter
@@ -71,8 +72,12 @@ def tiny_vocab(n_ranks: int) -> list[bytes]:
         ranks.append(a + b)
         for w, seq in seqs.items():
             seqs[w] = _merge(seq, a, b)
-    # Fill the rest with unused but valid two-byte tokens so every id below vocab_size decodes.
-    filler = (bytes([x, y]) for x in range(0x21, 0x7F) for y in range(0x21, 0x7F))
+    # Fill the rest with unused but valid printable two- and three-byte tokens, so every id below vocab_size
+    # decodes (a full-size 131,072-id vocabulary for GPU benchmarks included).
+    printable = range(0x21, 0x7F)
+    two = (bytes([x, y]) for x in printable for y in printable)
+    three = (bytes([x, y, z]) for x in printable for y in printable for z in printable)
+    filler = itertools.chain(two, three)
     seen = set(ranks)
     for tok in filler:
         if len(ranks) >= n_ranks:

@@ -1,0 +1,282 @@
+"""GPU benchmark: full-size Pixtral-12B shapes with random weights (no files), in stages of a few minutes.
+
+Runs from source on a bare GPU machine (`PYTHONPATH=.`; torch, safetensors, numpy, pillow, tiktoken).
+
+    python bench/gpu.py --stage limits    # ../shared/bench/limits.py, unmodified (read BW, GEMV-chain ceiling)
+    python bench/gpu.py --stage peer      # ../shared/bench/peer_transformers.py, unmodified
+    python bench/gpu.py --stage bf16      # pixdesk: decode b1/b8, TTFT cold/warm, peak memory
+    python bench/gpu.py --stage check     # pixdesk bf16 logits vs transformers on the same weights
+    python bench/gpu.py --stage ready     # a real checkpoint-sized file: load_s, host RSS, time to ready
+    python bench/gpu.py --merge DIR       # join DIR/stage-*.json into bench/results/<date>-<device>.json
+
+Each stage writes stage-<name>.json under $OUT (or --out). Decode is measured at a fixed context: the
+4,183-token 1024x1024-image prompt plus 128 generated tokens; batch 8 uses eight such sequences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from source: `python bench/gpu.py` without an install
+
+from bench.gpu_model import (  # noqa: E402
+    DEVICE,
+    IMAGE_GRID,
+    PIXTRAL_12B,
+    image_prompt,
+    random_checkpoint,
+    synthetic_tokenizer,
+)
+
+QUESTION = list(range(2000, 2020))
+
+
+def out_dir(args) -> Path:
+    d = Path(args.out or os.environ.get("OUT") or "bench-out")
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def save(args, name: str, result: dict) -> None:
+    result = {**result, "stage": name, "argv": sys.argv, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+              "git_sha": os.environ.get("PIXDESK_GIT_SHA")}  # fmt: skip
+    path = out_dir(args) / f"stage-{name}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1), flush=True)
+
+
+# ------------------------------------------------------------------------------------------ peer stages
+
+
+def run_shared(args, script: str, name: str) -> None:
+    shared = Path(args.shared)
+    tmp = out_dir(args) / f"{name}-raw"
+    tmp.mkdir(exist_ok=True)
+    cmd = [sys.executable, str(shared / script)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env={**os.environ, "OUT": str(tmp)}, capture_output=True, text=True)
+    files = list(tmp.glob("*.json"))
+    result = json.loads(files[0].read_text()) if files else {}
+    save(args, name, {"command": " ".join(cmd), "rc": proc.returncode, "wall_s": time.perf_counter() - t0,
+                      "result": result, "stderr_tail": proc.stderr[-2000:]})  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------ pixdesk bf16
+
+
+def engine_for(ckpt, max_batch: int, **kw):
+    from pixdesk.engine.backend import LocalEngine
+    from pixdesk.engine.scheduler import SchedulerConfig
+
+    context = len(image_prompt(0, QUESTION).ids) + 169  # room for 128+ generated tokens
+    cfg = SchedulerConfig(max_batch=max_batch, max_context=context, prefill_chunk=8192, max_queue=64, **kw)
+    return LocalEngine(ckpt, cfg).start()
+
+
+def timed_run(eng, prompt, max_tokens: int) -> dict:
+    """Submit and consume; returns the submit time, per-token arrival times and the finish."""
+    from pixdesk.engine.events import Delta, Finish
+    from pixdesk.engine.sampling import SamplingParams
+
+    t0 = time.perf_counter()
+    # EOS is biased away: random weights must not end a timed run early.
+    sub = eng.submit(prompt, SamplingParams(max_tokens=max_tokens, logit_bias={2: -100.0}))
+    times, finish = [], None
+    for ev in sub:
+        if isinstance(ev, Delta):
+            times += [time.perf_counter()] * len(ev.token_ids)
+        elif isinstance(ev, Finish):
+            finish = ev
+    if finish.reason not in ("length", "stop"):
+        raise RuntimeError(f"request failed: {finish}")
+    return {"t0": t0, "times": times, "finish": finish}
+
+
+def concurrent_runs(eng, prompts, max_tokens: int) -> list[dict]:
+    import threading
+
+    results: list[dict | None] = [None] * len(prompts)
+
+    def go(i):
+        results[i] = timed_run(eng, prompts[i], max_tokens)
+
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu-smoke"
+
+
+def sync() -> None:
+    import torch
+
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def stage_bf16(args) -> None:
+    import torch
+
+    res: dict = {"device": device_name(), "torch": torch.__version__}
+    t0 = time.perf_counter()
+    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out_dir(args)))
+    ckpt.model.fuse_projections()
+    sync()
+    res["init_s"] = time.perf_counter() - t0
+    eng = engine_for(ckpt, 1, prefix_cache_bytes=2 * 2**30)
+    t0 = time.perf_counter()
+    timed_run(eng, image_prompt(10_000, QUESTION), 4)  # cuBLAS/cuDNN warm-up, decode graph for short buckets
+    timed_run(eng, image_prompt(10_001, QUESTION), 130)  # compiles/captures the long bucket
+    res["warmup_s"] = time.perf_counter() - t0
+    cold = [timed_run(eng, image_prompt(seed, QUESTION), 1) for seed in (1, 2, 3)]
+    res["ttft_cold_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in cold]
+    res["ttft_cold_ms"] = sorted(res["ttft_cold_ms_all"])[1]
+    warm = [timed_run(eng, image_prompt(3, [1100 + i, 1200, 1300, 1400]), 1) for i in range(3)]
+    res["ttft_warm_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in warm]
+    res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"])[1]
+    res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"]
+    runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]
+    res["decode_tok_s_b1_all"] = [128 / (r["times"][-1] - r["times"][0]) for r in runs]  # client-side
+    res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
+    res["decode_tok_s_b1_engine"] = eng.scheduler.stats.decode_tok_s(1)
+    res["prompt_tokens"] = len(image_prompt(0, QUESTION).ids)
+    eng.stop()
+    del eng
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    eng8 = engine_for(ckpt, 8, prefix_cache_bytes=0)
+    concurrent_runs(eng8, [image_prompt(100 + i, QUESTION) for i in range(8)], 12)  # warm-up / capture
+    before = eng8.scheduler.stats.decode_seconds[8], eng8.scheduler.stats.seqs_per_step[8]
+    concurrent_runs(eng8, [image_prompt(200 + i, QUESTION) for i in range(8)], 129)
+    st = eng8.scheduler.stats
+    steps, secs = st.seqs_per_step[8] - before[1], st.decode_seconds[8] - before[0]
+    res["decode_tok_s_b8"] = 8 * steps / secs if secs else None  # engine-side, steps with all 8, sampling incl.
+    res["b8_steps"] = steps
+    res["b8_mean_seqs_per_step"] = eng8.stats()["mean_seqs_per_decode_step"]
+    eng8.stop()
+    res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None
+    save(args, "bf16", res)
+
+
+# ------------------------------------------------------------------------------------------ check
+
+
+def stage_check(args) -> None:
+    import torch
+
+    from bench.gpu_model import hf_from_ours, our_full_logits
+
+    res: dict = {"device": device_name(), "torch": torch.__version__}
+    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out_dir(args)))
+    prompt = image_prompt(1, QUESTION)
+    ours = our_full_logits(ckpt.model, prompt)  # (V,) fp32 at the last position
+    hf = hf_from_ours(ckpt.model)  # moves our tensors into an HF model (ours is consumed)
+    del ckpt
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+    rows, cols = IMAGE_GRID
+    with torch.inference_mode():
+        ref = hf(
+            input_ids=torch.tensor([prompt.ids], device=DEVICE),
+            pixel_values=prompt.images[0].pixels[None].to(DEVICE, torch.bfloat16),
+            image_sizes=torch.tensor([[rows * 16, cols * 16]], device=DEVICE),
+        ).logits[0, -1].float()
+    res["logit_rel_err_vs_transformers"] = float((ours - ref).norm() / ref.norm())
+    res["top1_equal"] = bool(ours.argmax() == ref.argmax())
+    res["max_abs_diff_over_max_abs"] = float((ours - ref).abs().max() / ref.abs().max())
+    import transformers
+
+    res["transformers"] = transformers.__version__
+    save(args, "check", res)
+
+
+# ------------------------------------------------------------------------------------------ ready
+
+
+def stage_ready(args) -> None:
+    from bench.gpu_model import write_real_checkpoint
+
+    res: dict = {}
+    ckpt_dir = Path(args.scratch) / "pixtral-12b-random"
+    t0 = time.perf_counter()
+    res["checkpoint_bytes"] = write_real_checkpoint(ckpt_dir)
+    res["write_s"] = time.perf_counter() - t0
+    cache = Path(args.scratch) / "compile-cache"
+    for label in ("cold", "warm"):
+        cmd = [sys.executable, str(Path(__file__)), "--stage", "ready-child", "--model", str(ckpt_dir)]
+        t0 = time.perf_counter()
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        child = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
+        res[f"ready_{label}_s"] = time.perf_counter() - t0
+        res[f"child_{label}"] = child or {"rc": proc.returncode, "stderr": proc.stderr[-3000:]}
+    save(args, "ready", res)
+
+
+def stage_ready_child(args) -> None:
+    """A fresh process: load through the real loader, warm up, report; the parent times the whole."""
+    import resource
+
+    import torch
+
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    t0 = time.perf_counter()
+    ckpt = load_checkpoint(args.model, dtype=torch.bfloat16, device=DEVICE)
+    ckpt.model.fuse_projections()
+    sync()
+    load_s = time.perf_counter() - t0
+    eng = engine_for(ckpt, 1, prefix_cache_bytes=2**30)
+    t1 = time.perf_counter()
+    timed_run(eng, image_prompt(1, QUESTION), 8)
+    warm_s = time.perf_counter() - t1
+    eng.stop()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(json.dumps({"load_s": load_s, "warmup_s": warm_s, "peak_host_rss_gb": rss * 1.073741824}))
+
+
+# ------------------------------------------------------------------------------------------ merge
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--stage", choices=["limits", "peer", "bf16", "check", "ready", "ready-child"])
+    ap.add_argument("--merge", metavar="DIR")
+    ap.add_argument("--out")
+    ap.add_argument("--shared", default=str(ROOT / ".peer"), help="folder holding shared/bench scripts")
+    ap.add_argument("--scratch", default="/tmp/pixdesk-bench")
+    ap.add_argument("--model")
+    args = ap.parse_args()
+    if args.merge:
+        from bench.gpu_merge import merge
+
+        merge(Path(args.merge))
+        return
+    stages = {
+        "limits": lambda: run_shared(args, "limits.py", "limits"),
+        "peer": lambda: run_shared(args, "peer_transformers.py", "peer"),
+        "bf16": lambda: stage_bf16(args),
+        "check": lambda: stage_check(args),
+        "ready": lambda: stage_ready(args),
+        "ready-child": lambda: stage_ready_child(args),
+    }
+    stages[args.stage]()
+
+
+if __name__ == "__main__":
+    main()
