@@ -143,9 +143,11 @@ def stage_bf16(args) -> None:
     timed_run(eng, image_prompt(10_000, QUESTION), 4)  # cuBLAS/cuDNN warm-up, decode graph for short buckets
     timed_run(eng, image_prompt(10_001, QUESTION), 130)  # compiles/captures the long bucket
     res["warmup_s"] = time.perf_counter() - t0
+    save(args, "bf16", res)
     cold = [timed_run(eng, image_prompt(seed, QUESTION), 1) for seed in (1, 2, 3)]
     res["ttft_cold_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in cold]
     res["ttft_cold_ms"] = sorted(res["ttft_cold_ms_all"])[1]
+    save(args, "bf16", res)
     warm = [timed_run(eng, image_prompt(3, [1100 + i, 1200, 1300, 1400]), 1) for i in range(3)]
     res["ttft_warm_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in warm]
     res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"])[1]
@@ -154,6 +156,7 @@ def stage_bf16(args) -> None:
     res["decode_tok_s_b1_all"] = [128 / (r["times"][-1] - r["times"][0]) for r in runs]  # client-side
     res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
     res["decode_tok_s_b1_engine"] = eng.scheduler.stats.decode_tok_s(1)
+    save(args, "bf16", res)
     res["prompt_tokens"] = len(image_prompt(0, QUESTION).ids)
     eng.stop()
     del eng

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import webbrowser
 from pathlib import Path
 
 from pixdesk import __version__
@@ -43,19 +45,37 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--system", help="system prompt")
     ask.add_argument("--in-process", action="store_true", help="run the engine inside this command")
     ask.add_argument("args", nargs="+", metavar="[FILE]... QUESTION", help="image files, then the question")
+
+    serve = sub.add_parser("serve", help="run the daemon: OpenAI-compatible API and chat page on 127.0.0.1")
+    _model_flags(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8765; 0 picks a free one)")
+    serve.add_argument(
+        "--allow-remote", action="store_true", help="allow a non-loopback --host (exposes the API)"
+    )
+    serve.add_argument("--detach", action="store_true", help="start in the background and return")
+    token = sub.add_parser("token", help="print the API key (created on first start)")
+    token.add_argument("--rotate", action="store_true", help="replace the key (restart clients that kept it)")
+    sub.add_parser("status", help="is a daemon running, where, and is its model loaded")
+    stop = sub.add_parser("stop", help="stop the running daemon (in-flight requests may finish)")
+    stop.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for it to exit")
+    opener = sub.add_parser("open", help="open the chat page in the browser, logged in with a one-time code")
+    opener.add_argument("--no-browser", action="store_true", help="only print the URL (to stderr)")
     return parser
 
 
 def settings_from(ns: argparse.Namespace) -> Settings:
-    return load_settings(
-        ns.config,
-        overrides={
-            "model.path": ns.model,
-            "model.dtype": ns.dtype,
-            "model.quant": ns.quant,
-            "model.device": ns.device,
-        },
-    )
+    overrides = {
+        "model.path": ns.model,
+        "model.dtype": ns.dtype,
+        "model.quant": ns.quant,
+        "model.device": ns.device,
+    }
+    for flag, key in (("host", "server.host"), ("port", "server.port")):
+        overrides[key] = getattr(ns, flag, None)
+    if getattr(ns, "allow_remote", False):
+        overrides["server.allow_remote"] = True
+    return load_settings(ns.config, overrides=overrides)
 
 
 def demo_checkpoint_dir() -> Path:
@@ -73,7 +93,7 @@ def _progress(done: int, total: int) -> None:
     print(f"\rloading weights {100 * done // max(total, 1):3d}%", end="", file=sys.stderr, flush=True)
 
 
-def load_engine_checkpoint(settings: Settings):
+def load_engine_checkpoint(settings: Settings, on_progress=None):
     from pixdesk.weights.checkpoint import load_checkpoint, resolve_device, resolve_dtype
 
     model_dir = settings.model.path
@@ -83,8 +103,16 @@ def load_engine_checkpoint(settings: Settings):
     device = resolve_device(settings.model.device)
     dtype = resolve_dtype(settings.model.dtype, device)
     start = time.perf_counter()
-    ckpt = load_checkpoint(model_dir, dtype=dtype, device=device, progress=_progress)
-    _err(f"\rloaded {model_dir} ({ckpt.files.layout} layout) on {device} in {time.perf_counter() - start:.1f}s")
+
+    def report(done: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(done / max(total, 1))
+        _progress(done, total)
+
+    ckpt = load_checkpoint(model_dir, dtype=dtype, device=device, progress=report)
+    _err(
+        f"\rloaded {model_dir} ({ckpt.files.layout} layout) on {device} in {time.perf_counter() - start:.1f}s"
+    )
     return ckpt
 
 
@@ -101,7 +129,9 @@ def cmd_ask(ns: argparse.Namespace) -> int:
     ckpt = load_engine_checkpoint(settings)
     images = [_read_image(Path(f), settings, ckpt, prepare_image, ImageLimits) for f in [*ns.image, *files]]
     if len(images) > settings.images.max_images:
-        raise InvalidRequest(f"{len(images)} images; the limit is {settings.images.max_images} (images.max_images)")
+        raise InvalidRequest(
+            f"{len(images)} images; the limit is {settings.images.max_images} (images.max_images)"
+        )
     content = [*(ImageChunk(img) for img in images), TextChunk(question)]
     messages = ([ChatMessage("system", ns.system)] if ns.system else []) + [ChatMessage("user", content)]
     prompt = encode_instruct(ckpt.tokenizer, messages)
@@ -137,11 +167,130 @@ def _read_image(path: Path, settings: Settings, ckpt, prepare_image, ImageLimits
     )
 
 
-COMMANDS = {"ask": cmd_ask}
+# ------------------------------------------------------------------------------------------------ daemon
+
+
+def make_loader(settings: Settings):
+    """The daemon's model loader: runs in a background thread once the server listens."""
+
+    def load(progress):
+        from pixdesk.engine.backend import LocalEngine
+        from pixdesk.engine.scheduler import SchedulerConfig
+
+        ckpt = load_engine_checkpoint(settings, progress)
+        e, demo = settings.engine, not settings.model.path
+        config = SchedulerConfig(max_batch=e.max_batch, max_context=settings.model.max_context,
+                                 max_queue=e.max_queue, per_client_active=e.per_client_active)  # fmt: skip
+        return LocalEngine(
+            ckpt, config, images=settings.images, name="pixdesk-demo-tiny" if demo else None, demo=demo
+        )
+
+    load.demo = not settings.model.path  # known before loading: the page can say so at once
+    return load
+
+
+def _log_to_stderr() -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+
+def cmd_serve(ns: argparse.Namespace) -> int:
+    from pixdesk.server.client import DaemonClient, start_detached
+    from pixdesk.server.daemon import check_bind_host, run_daemon
+
+    settings = settings_from(ns)
+    check_bind_host(settings.server.host, settings.server.allow_remote)
+    if ns.detach:
+        running = DaemonClient.find()
+        if running is not None:
+            raise InvalidRequest(f"a pixdesk daemon is already running at {running.url} (pid {running.pid})")
+        client = start_detached([a for a in ns.argv[1:] if a != "--detach"])
+        _err(f"pixdesk daemon started: {client.url} (pid {client.pid}); `pixdesk stop` stops it")
+        return 0
+    _log_to_stderr()
+    return run_daemon(settings, make_loader(settings), announce=_err)
+
+
+def cmd_token(ns: argparse.Namespace) -> int:
+    from pixdesk.server.daemon import key_file
+    from pixdesk.server.discovery import read_api_key, rotate_api_key
+
+    if ns.rotate:
+        key = rotate_api_key(key_file())
+        _err(f"new API key written to {key_file()}; a running daemon keeps the old key until it restarts")
+    else:
+        key = read_api_key(key_file(), create=True)
+    print(key)
+    return 0
+
+
+def _running():
+    from pixdesk.server.client import DaemonClient
+
+    client = DaemonClient.find()
+    if client is None:
+        raise InvalidRequest("no pixdesk daemon is running; start one with `pixdesk serve --detach`")
+    return client
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    from pixdesk.server.client import DaemonClient
+
+    client = DaemonClient.find()
+    if client is None:
+        print("not running")
+        return 3
+    _, health = client.call("GET", "/health", auth=False)
+    version = client.info.get("version", "?")
+    line = f"running {client.url} pid {client.pid} version {version}; model {health.get('status')}"
+    if health.get("status") == "loading":
+        line += f" ({100 * health.get('progress', 0):.0f}%)"
+    elif health.get("status") == "ready":
+        status, models = client.call("GET", "/v1/models")
+        if status == 200 and models.get("data"):
+            card = models["data"][0]
+            line += f": {card['id']}" + (" (demo checkpoint, random answers)" if card.get("demo") else "")
+    print(line)
+    return 0
+
+
+def cmd_stop(ns: argparse.Namespace) -> int:
+    client = _running()
+    if not client.stop(ns.timeout):
+        raise InvalidRequest(f"the daemon (pid {client.pid}) did not stop within {ns.timeout:g} s")
+    _err(f"stopped the daemon at {client.url}")
+    return 0
+
+
+def cmd_open(ns: argparse.Namespace) -> int:
+    from pixdesk.server.client import DaemonClient, start_detached
+
+    client = DaemonClient.find() or start_detached([])
+    status, body = client.call("POST", "/auth/code", {})
+    if status != 200:
+        raise InvalidRequest(
+            f"the daemon refused a login code: {body.get('error', {}).get('message', status)}"
+        )
+    url = body["url"]
+    if ns.no_browser or not webbrowser.open(url):
+        _err(f"open this URL within {body.get('expires_in', 120)} s (it works once): {url}")
+    return 0
+
+
+COMMANDS = {
+    "ask": cmd_ask,
+    "serve": cmd_serve,
+    "token": cmd_token,
+    "status": cmd_status,
+    "stop": cmd_stop,
+    "open": cmd_open,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    ns.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[ns.command](ns)
     except PixdeskError as exc:

@@ -26,7 +26,7 @@ class ErrorKind:
 
 _KINDS = [
     # request shape and values
-    ErrorKind("invalid_request", 400, -32602, "invalid_request_error", "protocol"),
+    ErrorKind("invalid_request", 400, -32602, "invalid_request_error"),
     ErrorKind("context_length_exceeded", 400, -32010, "invalid_request_error"),
     ErrorKind("invalid_image", 400, -32011, "invalid_request_error"),
     ErrorKind("image_too_large", 413, -32012, "invalid_request_error"),

@@ -47,7 +47,8 @@ class StaticDecoder:
     def bucket(self, longest: int) -> int:
         """Attention length covering positions < longest, rounded up to a multiple of bucket_size."""
         b = -(-longest // self.bucket_size) * self.bucket_size
-        return min(b, self.cache.max_len + 1)
+        # Never the cache's full length (max_len + 1): a full-length slice would specialize the graph.
+        return min(b, self.cache.max_len)
 
     @property
     def steps(self) -> dict[int, torch.Tensor]:
@@ -72,7 +73,7 @@ class StaticDecoder:
         if bucket not in self.key_pos:
             t = torch.arange(bucket, device=self.tokens.device)
             if self.compile:
-                torch._dynamo.mark_dynamic(t, 0)
+                torch._dynamo.maybe_mark_dynamic(t, 0)
             self.key_pos[bucket] = t
         return self.key_pos[bucket]
 
