@@ -214,6 +214,7 @@ class Scheduler:
         except _PASS_THROUGH:
             raise
         except BaseException:  # isolate: redo one by one so only the failing request ends
+            log.exception("batched decode step failed; retrying its %d sequences one by one", len(seqs))
             for i, s in enumerate(seqs):
                 self._guarded(
                     s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i])
