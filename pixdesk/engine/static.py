@@ -4,8 +4,9 @@ The scheduler's batch changes every few steps; a CUDA graph wants fixed shapes a
 always runs all `n_slots` rows: live sequences at their positions, idle slots parked on the cache's spare
 position (their outputs are dropped). Attention reads the first `bucket` positions of each slot, where
 `bucket` is the longest live sequence rounded up to a multiple of `bucket_size`; each bucket compiles once
-(torch.compile with CUDA graphs on a GPU; plain eager on the CPU). The bucket length is a dynamic dimension
-of the compiled graph, so Dynamo and Inductor run once; CUDA graphs are then recorded per bucket.
+(torch.compile on a GPU; plain eager on the CPU). The bucket length is a dynamic dimension of the compiled
+function, so Dynamo and Inductor run once; a CUDA graph of the compiled step is then captured per bucket
+(by hand: inputs live in fixed buffers, the KV cache is fixed memory, and the worker thread replays it).
 """
 
 from __future__ import annotations
@@ -40,9 +41,8 @@ class StaticDecoder:
         self.positions = torch.full((cache.n_slots,), cache.scratch_position, dtype=torch.long, device=device)
         self.key_pos: dict[int, torch.Tensor] = {}
         self._fn = None
-        if self.compile:  # the KV tensors are mutated inside the graph: keep their addresses fixed
-            torch._dynamo.mark_static_address(cache.k)
-            torch._dynamo.mark_static_address(cache.v)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.use_graphs = self.compile and device.type == "cuda"
 
     def bucket(self, longest: int) -> int:
         """Attention length covering positions < longest, rounded up to a multiple of bucket_size."""
@@ -85,6 +85,10 @@ class StaticDecoder:
         self.positions.fill_(self.cache.scratch_position)
         self.tokens[slots] = tokens
         self.positions[slots] = positions
-        key_pos = self._key_pos(self.bucket(int(positions.max()) + 1))
-        logits = self._function()(self.tokens, self.positions, key_pos)
+        bucket = self.bucket(int(positions.max()) + 1)
+        if self.use_graphs:
+            graph, logits = self._graph(bucket)
+            graph.replay()
+        else:
+            logits = self._function()(self.tokens, self.positions, self._key_pos(bucket))
         return logits[slots]  # indexing copies out of the graph's output buffer
