@@ -62,12 +62,24 @@ class StaticDecoder:
 
     def _function(self):
         if self._fn is None:
-            self._fn = (
-                torch.compile(self._step, mode="reduce-overhead", fullgraph=True)
-                if self.compile
-                else self._step
-            )
+            self._fn = torch.compile(self._step, fullgraph=True) if self.compile else self._step
         return self._fn
+
+    def _graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the compiled step for this bucket once (after warm-up runs on a side stream)."""
+        if bucket not in self.graphs:
+            fn, key_pos = self._function(), self._key_pos(bucket)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fn(self.tokens, self.positions, key_pos)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = fn(self.tokens, self.positions, key_pos)
+            self.graphs[bucket] = (graph, out)
+        return self.graphs[bucket]
 
     def _key_pos(self, bucket: int) -> torch.Tensor:
         if bucket not in self.key_pos:
