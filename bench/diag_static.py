@@ -5,11 +5,11 @@ import traceback
 
 import torch
 
+from bench.gpu_model import random_model
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.generate import decode_step
 from pixdesk.engine.static import StaticDecoder
 from pixdesk.weights.tiny import TINY_ARGS
-from bench.gpu_model import random_model
 
 m = random_model(TINY_ARGS, torch.bfloat16, "cuda").fuse_projections()
 kv, kv2 = KVCache.for_model(m, 2, 1000), KVCache.for_model(m, 2, 1000)

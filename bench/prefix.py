@@ -71,7 +71,7 @@ def cases(eng):
     warm2, _, d2 = ttft(eng, [SYSTEM, user(img_b, "Which line is wrong?")])
     rows.append(("2 same system + image, new question", cold, warm2, d2))
     # (3) multi-turn without a system prompt
-    eng.scheduler.prefix.__init__(eng.scheduler.kv.k, eng.config.prefix_block, eng.config.prefix_cache_bytes)
+    eng.scheduler.prefix.__init__(eng.scheduler.kv, eng.config.prefix_block, eng.config.prefix_cache_bytes)
     turn1 = [user(image(16, 16, 3), "Explain this screenshot.")]
     cold3, ans, _ = ttft(eng, turn1, max_tokens=64)
     turn2 = [*turn1, ChatMessage("assistant", eng.tokenizer.decode(ans)), user("And how do I fix it?")]

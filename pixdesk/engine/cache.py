@@ -1,8 +1,9 @@
 """Preallocated KV slots, owned by the engine; the model sees a `SlotView` for one forward call.
 
-Layout per tensor: (n_layers, n_slots, max_len, n_kv_heads, head_dim). A sequence owns one slot; its
-token at absolute position p keeps its keys/values at [layer, slot, p]. Static shapes so that the decode
-step can later be compiled and captured.
+One tensor per layer (separate storage, so an in-place write to one layer inside a compiled graph never
+copies the others), each (n_slots, max_len + 1, n_kv_heads, head_dim). A sequence owns one slot; its
+token at absolute position p keeps its keys/values at k[layer][slot, p]. Static shapes, so the decode step
+can be compiled and captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -25,10 +26,19 @@ class KVCache:
         device: torch.device | str = "cpu",
     ):
         # One spare position per slot (index max_len): the static decode step parks idle slots there.
-        shape = (n_layers, n_slots, max_len + 1, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.n_slots, self.max_len = n_slots, max_len
+        shape = (n_slots, max_len + 1, n_kv_heads, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.n_layers, self.n_slots, self.max_len = n_layers, n_slots, max_len
+        self.n_kv_heads, self.head_dim = n_kv_heads, head_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.k[0].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.k[0].dtype
 
     @property
     def scratch_position(self) -> int:
@@ -43,8 +53,7 @@ class KVCache:
 
     @property
     def bytes_per_token(self) -> int:
-        n_layers, _, _, hkv, hd = self.k.shape
-        return 2 * n_layers * hkv * hd * self.k.element_size()
+        return 2 * self.n_layers * self.n_kv_heads * self.head_dim * self.k[0].element_size()
 
     def view(self, slots: torch.Tensor, positions: torch.Tensor) -> SlotView:
         return SlotView(self, slots, positions)
@@ -60,8 +69,8 @@ class SlotView:
 
     def __init__(self, cache: KVCache, slots: torch.Tensor, positions: torch.Tensor):
         self.cache = cache
-        self.slots = slots.to(cache.k.device)  # (B,)
-        self.positions = positions.to(cache.k.device)  # (B, T)
+        self.slots = slots.to(cache.device)  # (B,)
+        self.positions = positions.to(cache.device)  # (B, T)
         B, T = positions.shape
         first, last = int(self.positions[:, 0].min()), int(self.positions.max())
         self.kv_len = last + 1
@@ -71,7 +80,7 @@ class SlotView:
         self.causal = self.single is not None and first == 0
         self.mask = None
         if not self.causal:
-            key_pos = torch.arange(self.kv_len, device=cache.k.device)
+            key_pos = torch.arange(self.kv_len, device=cache.device)
             self.mask = (key_pos[None, None, :] <= self.positions[:, :, None])[:, None]  # (B, 1, T, S)
         self.first = first
 

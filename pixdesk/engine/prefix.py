@@ -10,7 +10,8 @@ different images never share KV even when their token ids are identical.
 
 Storage. Blocks live in a preallocated store (n_blocks, n_layers, 2, block, n_kv_heads, head_dim). The
 engine copies matched blocks into a sequence's KV slot at admission and copies a finished sequence's new
-full blocks out of its slot. A request pins the blocks it matched until it ends; pinned blocks are never
+full blocks out of its slot (one gathered copy per layer, not one per block). A request pins the blocks
+it matched until it ends; pinned blocks are never
 evicted, and eviction takes least-recently-used leaves only (a block no cached block depends on), so a
 cached chain never has a hole.
 """
@@ -22,6 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
+
+from pixdesk.engine.cache import KVCache
 
 TokenKey = int | tuple[str, int]
 
@@ -84,14 +87,14 @@ class Match:
 
 
 class PrefixCache:
-    def __init__(self, kv_like: torch.Tensor, block: int, budget_bytes: int):
-        """kv_like: the engine's K tensor (n_layers, n_slots, max_len, Hkv, D), for shapes and dtype."""
-        n_layers, _, _, hkv, hd = kv_like.shape
+    def __init__(self, kv: KVCache, block: int, budget_bytes: int):
+        """Sized from the engine's KV cache (layers, heads, dtype, device) and a byte budget."""
+        n_layers, hkv, hd = kv.n_layers, kv.n_kv_heads, kv.head_dim
         self.block = block
-        per_block = 2 * n_layers * block * hkv * hd * kv_like.element_size()
+        per_block = 2 * n_layers * block * hkv * hd * kv.k[0].element_size()
         self.capacity = max(0, budget_bytes // per_block)
         self.store = torch.zeros(
-            (self.capacity, n_layers, 2, block, hkv, hd), dtype=kv_like.dtype, device=kv_like.device
+            (self.capacity, n_layers, 2, block, hkv, hd), dtype=kv.dtype, device=kv.device
         )
         self.bytes_per_block = per_block
         self.entries: OrderedDict[bytes, _Entry] = OrderedDict()  # LRU order: oldest first
@@ -120,20 +123,22 @@ class PrefixCache:
             self.entries[k].pins -= 1
         match.keys = []
 
-    def copy_into(self, match: Match, kv_k: torch.Tensor, kv_v: torch.Tensor, slot: int) -> None:
+    def copy_into(self, match: Match, kv: KVCache, slot: int) -> None:
         """Copy matched blocks into positions [0, match.tokens) of a slot."""
-        b = self.block
-        for i, row in enumerate(match.store_rows):
-            kv_k[:, slot, i * b : (i + 1) * b] = self.store[row, :, 0]
-            kv_v[:, slot, i * b : (i + 1) * b] = self.store[row, :, 1]
+        if not match.store_rows:
+            return
+        rows = torch.tensor(match.store_rows, device=self.store.device)
+        blocks = self.store[rows]  # (nb, n_layers, 2, block, Hkv, D)
+        n = match.tokens
+        for layer in range(kv.n_layers):
+            kv.k[layer][slot, :n] = blocks[:, layer, 0].flatten(0, 1)
+            kv.v[layer][slot, :n] = blocks[:, layer, 1].flatten(0, 1)
 
     # ----------------------------------------------------------------------------------- insert
 
-    def insert(
-        self, keys: list[bytes], kv_k: torch.Tensor, kv_v: torch.Tensor, slot: int, n_tokens: int
-    ) -> int:
+    def insert(self, keys: list[bytes], kv: KVCache, slot: int, n_tokens: int) -> int:
         """Store the slot's full blocks among its first n_tokens whose keys are new. Returns blocks added."""
-        added, parent, held = 0, None, []
+        added, parent, held, copies = 0, None, [], []
         for i, k in enumerate(keys[: n_tokens // self.block]):
             if k in self.entries:
                 self.entries.move_to_end(k)
@@ -142,9 +147,7 @@ class PrefixCache:
                 if row is None:
                     self.stats.skipped_inserts += 1
                     break
-                b = self.block
-                self.store[row, :, 0] = kv_k[:, slot, i * b : (i + 1) * b]
-                self.store[row, :, 1] = kv_v[:, slot, i * b : (i + 1) * b]
+                copies.append((row, i))
                 self.entries[k] = _Entry(row, parent)
                 if parent is not None:
                     self.entries[parent].children += 1
@@ -154,8 +157,20 @@ class PrefixCache:
             parent = k
         for k in held:
             self.entries[k].pins -= 1
+        self._copy_out(copies, kv, slot)
         self.stats.inserted_blocks += added
         return added
+
+    def _copy_out(self, copies: list[tuple[int, int]], kv: KVCache, slot: int) -> None:
+        """Slot blocks -> store rows, one gathered copy per layer."""
+        if not copies:
+            return
+        b, dev = self.block, self.store.device
+        rows = torch.tensor([r for r, _ in copies], device=dev)
+        pos = torch.tensor([i * b + j for _, i in copies for j in range(b)], device=dev)
+        for layer in range(kv.n_layers):
+            self.store[rows, layer, 0] = kv.k[layer][slot, pos].unflatten(0, (len(copies), b))
+            self.store[rows, layer, 1] = kv.v[layer][slot, pos].unflatten(0, (len(copies), b))
 
     def _allocate(self) -> int | None:
         if self.free_rows:

@@ -53,10 +53,10 @@ class Scheduler:
     def __init__(self, model, config: SchedulerConfig):
         self.model, self.config = model, config
         self.kv = KVCache.for_model(model, config.max_batch, config.max_context)
-        self.prefix = PrefixCache(self.kv.k, config.prefix_block, config.prefix_cache_bytes)
+        self.prefix = PrefixCache(self.kv, config.prefix_block, config.prefix_cache_bytes)
         self.features = FeatureCache(config.image_cache_bytes)
         self.answers = AnswerMemory()
-        on_gpu = self.kv.k.device.type == "cuda"
+        on_gpu = self.kv.device.type == "cuda"
         static = on_gpu if config.static_decode is None else config.static_decode
         self.decoder = StaticDecoder(model, self.kv, compile=config.compile) if static else None
         self.stats = EngineStats()
@@ -170,7 +170,7 @@ class Scheduler:
         )
         seq.block_keys = chain_keys(seq.token_keys, self.prefix.block)
         seq.match = self.prefix.match(seq.block_keys, seq.n_prompt - 1)  # always prefill the last token
-        self.prefix.copy_into(seq.match, self.kv.k, self.kv.v, seq.slot)
+        self.prefix.copy_into(seq.match, self.kv, seq.slot)
         seq.start = seq.prefilled = seq.match.tokens
         feats = prompt_features(self.model, p, seq.start, self.features, self.stats)
         ids = torch.tensor([p.ids[seq.start :]], device=self.model.device)
@@ -273,7 +273,7 @@ class Scheduler:
         n = seq.kv_tokens
         keys = seq.token_keys + seq.generated[: max(0, n - seq.n_prompt)]
         chain = seq.block_keys + chain_keys(keys, self.prefix.block)[len(seq.block_keys) :]
-        self.prefix.insert(chain, self.kv.k, self.kv.v, seq.slot, n)
+        self.prefix.insert(chain, self.kv, seq.slot, n)
 
     def _finish(self, seq: Sequence, reason: str, error: PixdeskError | None = None) -> None:
         if seq in self.active:

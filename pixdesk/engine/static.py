@@ -35,7 +35,7 @@ class StaticView:
 class StaticDecoder:
     def __init__(self, model, cache: KVCache, *, compile: bool | None = None, bucket_size: int = 512):
         self.model, self.cache, self.bucket_size = model, cache, bucket_size
-        device = cache.k.device
+        device = cache.device
         self.compile = device.type == "cuda" if compile is None else compile
         self.tokens = torch.zeros(cache.n_slots, dtype=torch.long, device=device)
         self.positions = torch.full((cache.n_slots,), cache.scratch_position, dtype=torch.long, device=device)

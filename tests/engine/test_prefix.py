@@ -123,21 +123,24 @@ def test_cache_on_and_off_agree_and_eviction_under_tiny_budget_is_safe(tiny):
 def test_pinned_blocks_are_never_evicted():
     import torch
 
-    kv = torch.zeros(1, 1, 64, 1, 2)
+    from pixdesk.engine.cache import KVCache
+
+    kv = KVCache(1, 1, 64, 1, 2, dtype=torch.float32)
+    kv.k[0][0] = torch.arange(65.0)[:, None, None]
     cache = PrefixCache(kv, block=4, budget_bytes=2 * 1 * 4 * 1 * 2 * 4 * 2)  # room for 2 blocks
     assert cache.capacity == 2
-    src_k = torch.arange(64.0).reshape(1, 1, 64, 1, 1).expand(1, 1, 64, 1, 2).contiguous()
     keys = chain_keys(list(range(8)), 4)
-    cache.insert(keys, src_k, src_k, 0, 8)
+    cache.insert(keys, kv, 0, 8)
+    assert torch.equal(cache.store[cache.entries[keys[1]].index, 0, 0, :, 0, 0], torch.arange(4.0, 8.0))
     held = cache.match(keys, 8)
     other = chain_keys(list(range(100, 108)), 4)
-    assert cache.insert(other, src_k, src_k, 0, 8) == 0  # everything is pinned: nothing evicted
+    assert cache.insert(other, kv, 0, 8) == 0  # everything is pinned: nothing evicted
     again = cache.match(keys, 8)
     assert again.tokens == 8 and cache.pinned_blocks == 2
     cache.release(held)
     cache.release(again)
     assert cache.pinned_blocks == 0
-    assert cache.insert(other, src_k, src_k, 0, 8) >= 1
+    assert cache.insert(other, kv, 0, 8) >= 1
     assert cache.stats.evicted_blocks >= 1
 
 
