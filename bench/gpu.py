@@ -77,7 +77,9 @@ def engine_for(ckpt, max_batch: int, **kw):
     from pixdesk.engine.scheduler import SchedulerConfig
 
     context = len(image_prompt(0, QUESTION).ids) + 169  # room for 128+ generated tokens
-    cfg = SchedulerConfig(max_batch=max_batch, max_context=context, prefill_chunk=8192, max_queue=64, **kw)
+    cfg = SchedulerConfig(
+        max_batch=max_batch, max_context=context, prefill_chunk=8192, max_queue=64, per_client_active=max_batch, **kw
+    )
     return LocalEngine(ckpt, cfg).start()
 
 
