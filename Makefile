@@ -18,19 +18,23 @@ install: $(BIN)/python
 		$(BIN)/python -m pip install -q $(CONSTRAINTS) -e . ; \
 	fi
 
-# Until the daemon exists this asks the configured model (or the tiny demo checkpoint) one question.
+# The resident daemon on 127.0.0.1 (no model configured: the tiny demo checkpoint, and it says so).
 serve: install
-	$(BIN)/pixdesk ask "Describe what pixdesk can do."
+	$(BIN)/pixdesk serve
 
 # Python test extras, plus the system tools some tests drive (chromium for the chat page's browser test),
 # installed only when missing (Debian/Ubuntu as root, as in CI; elsewhere it says what to install).
 test-deps: $(BIN)/python
 	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e '.[test]'
-	@if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then \
+	@missing=""; \
+	for tool in chromium:chromium Xvfb:xvfb xclip:xclip xauth:xauth xprop:x11-utils dbus-daemon:dbus; do \
+		command -v $${tool%%:*} >/dev/null 2>&1 || missing="$$missing $${tool##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 		else \
-			echo "make test-deps: chromium is missing; the chat page test needs it (e.g. apt-get install chromium)" >&2; \
+			echo "make test-deps: missing system packages:$$missing (browser, screen and clipboard tests need them)" >&2; \
 		fi; \
 	fi
 
