@@ -80,3 +80,13 @@ def test_body_cap_is_derived_from_the_image_limits(tmp_path):
     assert max_body_bytes(s) == 2 * 400 + 2**20  # base64 of two 300-byte images + 1 MiB for the rest
     assert max_body_bytes(load(tmp_path, "[server]\nmax_body_bytes = 5000\n")) == 5000
     assert max_body_bytes(Settings()) == 12 * (-(-32 * 2**20 // 3) * 4) + 2**20
+
+
+def test_config_example_is_valid_and_matches_the_defaults():
+    """config.example.toml documents every setting with its default value."""
+    from pathlib import Path
+
+    from pixdesk.config import Settings, load_settings
+
+    example = Path(__file__).resolve().parents[1] / "config.example.toml"
+    assert load_settings(example, env={}) == Settings()

@@ -6,6 +6,7 @@ every limit before queueing, and streams typed events back through a Submission.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,6 +91,11 @@ class LocalEngine:
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> LocalEngine:
+        if self.scheduler.decoder is not None and self.scheduler.decoder.compile:
+            # Compiled kernels persist across restarts in the user cache dir (warm start: seconds).
+            from pixdesk.config import cache_dir
+
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
         self.scheduler.start()
         return self
 

@@ -49,6 +49,11 @@ class SchedulerConfig:
     compile: bool | None = None  # torch.compile + CUDA graphs for the static step; None: on a GPU
 
 
+def _adjusts(seq: Sequence) -> bool:
+    p = seq.params
+    return bool(p.logit_bias or p.frequency_penalty or p.presence_penalty)
+
+
 class Scheduler:
     def __init__(self, model, config: SchedulerConfig):
         self.model, self.config = model, config
@@ -220,8 +225,12 @@ class Scheduler:
                     s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i])
                 )
             return
+        # Plain greedy rows: one argmax over the batch and one device->host transfer per step.
+        plain = [s.params.temperature == 0 and s.mask is None and not _adjusts(s) for s in seqs]
+        picks = logits.argmax(-1).tolist() if any(plain) else [None] * len(seqs)
         for i, s in enumerate(seqs):
-            self._guarded(s, "sample", lambda s=s, i=i: self._sample(s, logits[i]))
+            pick = picks[i] if plain[i] else None
+            self._guarded(s, "sample", lambda s=s, i=i, pick=pick: self._sample(s, logits[i], pick))
         self.stats.record_decode_step(len(seqs), time.perf_counter() - start)
 
     def _decode_one(self, seq: Sequence, slot, token, position) -> None:
@@ -231,14 +240,18 @@ class Scheduler:
         self.stats.record_decode_step(1)
         self._sample(seq, logits)
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor) -> None:
+    def _sample(self, seq: Sequence, logits: torch.Tensor, pick: int | None = None) -> None:
+        """Sample (or take the batch-computed greedy `pick`), then account and stream the token."""
         if self.stage_hook:
             self.stage_hook("sample", seq)
-        adjusted = adjust_logits(logits, seq.params, seq.stream.counts)
-        if seq.mask is not None:
-            adjusted = seq.mask.mask(adjusted)
-            self.stats.masked_steps += 1
-        token = sample_one(adjusted, seq.params, seq.generator)
+        if pick is not None:
+            token = pick
+        else:
+            adjusted = adjust_logits(logits, seq.params, seq.stream.counts)
+            if seq.mask is not None:
+                adjusted = seq.mask.mask(adjusted)
+                self.stats.masked_steps += 1
+            token = sample_one(adjusted, seq.params, seq.generator)
         if seq.mask is not None:
             seq.mask.accept(token)
         seq.generated.append(token)
