@@ -63,6 +63,12 @@ _KINDS = [
     ErrorKind("url_fetch_failed", 400, -32062, "invalid_request_error"),
     ErrorKind("url_fetch_timeout", 504, -32063, "server_error"),
     ErrorKind("capture_not_allowed", 400, -32064, "invalid_request_error"),
+    # desktop inputs, read by client processes (CLI, stdio bridge, MCP server)
+    ErrorKind("path_not_allowed", 403, -32065, "invalid_request_error"),
+    ErrorKind("not_a_regular_file", 400, -32066, "invalid_request_error"),
+    ErrorKind("capture_unavailable", 503, -32067, "server_error"),
+    ErrorKind("capture_failed", 500, -32068, "server_error"),
+    ErrorKind("clipboard_empty", 400, -32069, "invalid_request_error"),
 ]
 KINDS: dict[str, ErrorKind] = {k.code: k for k in _KINDS}
 
@@ -239,3 +245,23 @@ class UrlFetchTimeout(PixdeskError):
 
 class CaptureNotAllowed(PixdeskError):
     code = "capture_not_allowed"
+
+
+class PathNotAllowed(PixdeskError):
+    code = "path_not_allowed"
+
+
+class NotARegularFile(PixdeskError):
+    code = "not_a_regular_file"
+
+
+class CaptureUnavailable(PixdeskError):
+    code = "capture_unavailable"
+
+
+class CaptureFailed(PixdeskError):
+    code = "capture_failed"
+
+
+class ClipboardEmpty(PixdeskError):
+    code = "clipboard_empty"

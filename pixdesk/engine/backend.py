@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from pixdesk.config import ImageSettings
@@ -34,6 +35,15 @@ class ModelInfo:
     patch_size: int | None
     max_image_size: int | None
     manifest_id: str
+
+
+def _user_cache() -> Path:
+    try:
+        from pixdesk.config import cache_dir
+
+        return cache_dir()
+    except ImportError:  # a bare GPU box running from source may lack platformdirs
+        return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pixdesk"
 
 
 class Engine(Protocol):
@@ -93,9 +103,7 @@ class LocalEngine:
     def start(self) -> LocalEngine:
         if self.scheduler.decoder is not None and self.scheduler.decoder.compile:
             # Compiled kernels persist across restarts in the user cache dir (warm start: seconds).
-            from pixdesk.config import cache_dir
-
-            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_user_cache() / "inductor"))
         self.scheduler.start()
         return self
 
