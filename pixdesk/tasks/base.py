@@ -7,6 +7,8 @@ the images; JSON tasks also show the exact shape, since the grammar constrains s
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Callable
@@ -150,6 +152,19 @@ def fmt_number(x: float | int | None) -> str:
     if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
         return str(int(x))
     return str(x)
+
+
+def table_forms(markdown: str, header: list[str], rows: list[list[object]], data: dict) -> dict[str, str]:
+    """The rendered forms every table-shaped task returns: Markdown (given), CSV and JSON."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[c if isinstance(c, str) else fmt_number(c) for c in row] for row in rows])
+    return {
+        "markdown": markdown,
+        "csv": buf.getvalue(),
+        "json": json.dumps(data, indent=2, ensure_ascii=False),
+    }
 
 
 def markdown_table(header: list[str], rows: list[list[object]]) -> str:

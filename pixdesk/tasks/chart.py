@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-
-from pixdesk.tasks.base import Task, TaskOptions, TaskResult, fmt_number, markdown_table, parse_json_output
+from pixdesk.tasks.base import (
+    Task,
+    TaskOptions,
+    TaskResult,
+    fmt_number,
+    markdown_table,
+    parse_json_output,
+    table_forms,
+)
 from pixdesk.tasks.numbers import parse_number
 
 MAX_POINTS = 24
@@ -114,11 +118,7 @@ def _columns(data: dict) -> tuple[list[str], list[list[object]]]:
 def render(data: dict) -> dict[str, str]:
     header, rows = _columns(data)
     md = (f"**{data['title']}**\n\n" if data["title"] else "") + markdown_table(header, rows)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[c if isinstance(c, str) else fmt_number(c) for c in row] for row in rows])
-    return {"markdown": md, "csv": buf.getvalue(), "json": json.dumps(data, indent=2, ensure_ascii=False)}
+    return table_forms(md, header, rows, data)
 
 
 TASK = Task(

@@ -6,11 +6,15 @@ paper's numbers, and a silent "fix" would hide a misread digit.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-
-from pixdesk.tasks.base import Task, TaskOptions, TaskResult, fmt_number, markdown_table, parse_json_output
+from pixdesk.tasks.base import (
+    Task,
+    TaskOptions,
+    TaskResult,
+    fmt_number,
+    markdown_table,
+    parse_json_output,
+    table_forms,
+)
 from pixdesk.tasks.numbers import ISO_4217, currency_code, iso_date, parse_number
 
 MAX_ITEMS = 40
@@ -139,11 +143,7 @@ def render(data: dict) -> dict[str, str]:
         + markdown_table(header, rows)
         + ("\n" + " · ".join(sums) + "\n" if sums else "")
     )
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows([[c if isinstance(c, str) else fmt_number(c) for c in row] for row in rows])
-    return {"markdown": md, "csv": buf.getvalue(), "json": json.dumps(data, indent=2, ensure_ascii=False)}
+    return table_forms(md, header, rows, data)
 
 
 TASK = Task(
