@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -180,6 +182,8 @@ def _imagegrab(max_bytes: int, max_pixels: int) -> ImageBytes:
 
 def copy_text(text: str) -> None:
     """Put `text` on the clipboard (an answer, a table, the HTML of a screenshot)."""
+    if _copy_with_tool(text):
+        return
     try:
         import pyperclip
     except ImportError:  # pragma: no cover - a core dependency
@@ -190,3 +194,21 @@ def copy_text(text: str) -> None:
         raise CaptureUnavailable(
             "copying text needs a clipboard tool: install xclip or xsel (X11) or wl-clipboard (Wayland)"
         ) from None
+
+
+def _copy_with_tool(text: str) -> bool:
+    """xclip / wl-copy with their output detached: the forked clipboard owner must not keep the caller's
+    stdout open (pyperclip lets it inherit it, so `pixdesk snap | cat` would never see EOF)."""
+    if os.environ.get("WAYLAND_DISPLAY") and shutil.which("wl-copy"):
+        cmd = ["wl-copy"]
+    elif os.environ.get("DISPLAY") and shutil.which("xclip"):
+        cmd = ["xclip", "-selection", "clipboard"]
+    else:
+        return False
+    try:
+        done = subprocess.run(
+            cmd, input=text.encode(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0

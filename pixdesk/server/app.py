@@ -157,6 +157,8 @@ def _model_card(info, model_id: str) -> dict:
         "owned_by": "pixdesk",
         "context_length": info.context,
         "vision": info.vision,
+        "max_image_size": info.max_image_size,
+        "patch_size": info.patch_size,
         "demo": info.demo,
     }
     if info.demo:

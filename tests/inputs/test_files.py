@@ -13,11 +13,10 @@ from PIL import Image
 
 from pixdesk.errors import InvalidImage, UnsupportedImageFormat
 from pixdesk.inputs import FileTooLarge, NotARegularFile, PathNotAllowed, read_image_file
-from pixdesk.inputs.errors import table_code
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux paths (/proc, /dev)")
-PATH_NOT_ALLOWED = table_code("path_not_allowed", "invalid_request")
-NOT_REGULAR = table_code("not_a_regular_file", "invalid_request")
+PATH_NOT_ALLOWED = "path_not_allowed"
+NOT_REGULAR = "not_a_regular_file"
 
 
 def _png(path, size=(8, 4), colour=(10, 20, 30)):
