@@ -146,7 +146,8 @@ def test_limits_are_checked_before_queueing(tiny):
         with pytest.raises(TooManyImages):
             eng.encode_chat([user(*[image(1, 1, i) for i in range(13)], "many")])
         gate = threading.Event()
-        eng.scheduler.stage_hook = lambda stage, seq: gate.wait(30)
+        # Block in prefill (outside the scheduler lock), so submit() keeps working meanwhile.
+        eng.scheduler.stage_hook = lambda stage, seq: gate.wait(30) if stage == "prefill" else None
         p = eng.encode_chat([user("hi")])
         runs = [Run(eng.submit(p, SamplingParams(max_tokens=2)))]
         time.sleep(0.2)  # the first is admitted and blocked in the hook; the next two wait in the queue
