@@ -125,8 +125,10 @@ class Scheduler:
                 if not self.running:
                     return
                 self._reap_cancelled()
-                self._admit()
-            with torch.inference_mode():
+                admitted = self._admit()
+            with torch.inference_mode():  # the heavy part of admission runs outside the lock
+                for seq in admitted:
+                    self._guarded(seq, "admit", lambda seq=seq: self._start(seq))
                 self._iteration()
 
     def _has_work(self) -> bool:
@@ -148,14 +150,19 @@ class Scheduler:
         for seq in [s for s in self.active if s.submission.cancelled]:
             self._finish(seq, "cancelled")
 
-    def _admit(self) -> None:
+    def _admit(self) -> list[Sequence]:
+        """Move queued sequences into free slots (interactive first); cheap, runs under the lock."""
+        admitted = []
         for priority in PRIORITIES:
             q = self.queues[priority]
             for seq in list(q):
                 if not self.free_slots or not self._may_admit(seq):
                     continue
                 q.remove(seq)
-                self._guarded(seq, "admit", lambda seq=seq: self._start(seq))
+                seq.slot = self.free_slots.pop()
+                self.active.append(seq)
+                admitted.append(seq)
+        return admitted
 
     def _may_admit(self, seq: Sequence) -> bool:
         per_client = sum(1 for s in self.active if s.client_id == seq.client_id)
@@ -167,8 +174,7 @@ class Scheduler:
         return True
 
     def _start(self, seq: Sequence) -> None:
-        seq.slot = self.free_slots.pop()
-        self.active.append(seq)
+        """Prefix-cache lookup and copy-in, vision features, embeddings: ready for chunked prefill."""
         p = seq.prompt
         seq.token_keys = token_keys(
             p.ids, [i.digest for i in p.images], [i.n_patches for i in p.images], self._img_id()
