@@ -32,7 +32,7 @@ class ModelSettings:
     dtype: str = ""  # empty: bf16 on GPU, fp32 on CPU
     quant: str = "none"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_context: int = 8192  # tokens per sequence (prompt + answer)
+    max_context: int = 8192  # tokens per sequence (prompt + answer); "auto" (stored as 0): fits GPU memory
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,8 @@ def _merge(settings: Settings, data: dict, where: str) -> Settings:
         for key, value in values.items():
             if key not in known:
                 raise InvalidConfig(f"{where}: unknown key {section}.{key}", param=f"{section}.{key}")
+            if (section, key, value) == ("model", "max_context", "auto"):
+                value = 0  # "auto": the engine sizes the KV cache to the free device memory
             changes[key] = _coerce(value, type(getattr(current, key)), f"{section}.{key}", where)
         settings = replace(settings, **{section: replace(current, **changes)})
     return settings
@@ -195,8 +197,10 @@ def _validate(s: Settings) -> Settings:
             f"model.quant = {s.model.quant!r}: weight quantization is not built yet; use 'none'",
             param="model.quant",
         )
-    if s.model.max_context < 16:
-        raise InvalidConfig("model.max_context must be at least 16 tokens", param="model.max_context")
+    if s.model.max_context != 0 and s.model.max_context < 16:
+        raise InvalidConfig(
+            'model.max_context must be "auto" or at least 16 tokens', param="model.max_context"
+        )
     _at_least(s, "images.max_images", 1)
     _at_least(s, "images.max_bytes", 1)
     _at_least(s, "images.max_pixels", 1)

@@ -82,6 +82,7 @@ class LocalEngine:
         self.checkpoint, self.config, self.images = checkpoint, config, images
         self.model, self.tokenizer = checkpoint.model, checkpoint.tokenizer
         self.scheduler = Scheduler(self.model, config)
+        self.config = config = self.scheduler.config  # with max_context resolved ("auto")
         self._grammar = None  # llguidance, built on first structured request (a bare GPU box may lack it)
         v = self.model.args.vision
         self.info = ModelInfo(

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -26,6 +26,7 @@ from pixdesk.engine.generate import decode_step, prefill
 from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
 from pixdesk.engine.sampling import adjust_logits, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
+from pixdesk.engine.sizing import resolve_max_context
 from pixdesk.engine.static import StaticDecoder
 from pixdesk.engine.stats import EngineStats
 from pixdesk.errors import InternalError, Overloaded, PixdeskError
@@ -37,7 +38,7 @@ _PASS_THROUGH = (KeyboardInterrupt, SystemExit)
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_batch: int = 4  # KV slots = sequences decoding together
-    max_context: int = 8192  # tokens per slot
+    max_context: int = 8192  # tokens per slot; 0 = "auto": fit the free device memory (engine/sizing.py)
     max_queue: int = 64  # waiting requests before 429
     per_client_active: int = 4  # admitted sequences per client id
     reserved_interactive: int = 1  # slots batch requests may not take
@@ -56,6 +57,7 @@ def _adjusts(seq: Sequence) -> bool:
 
 class Scheduler:
     def __init__(self, model, config: SchedulerConfig):
+        config = replace(config, max_context=resolve_max_context(model, config))  # 0 = "auto"
         self.model, self.config = model, config
         self.kv = KVCache.for_model(model, config.max_batch, config.max_context)
         self.prefix = PrefixCache(self.kv, config.prefix_block, config.prefix_cache_bytes)
