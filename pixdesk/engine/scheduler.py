@@ -33,6 +33,10 @@ from pixdesk.errors import InternalError, Overloaded, PixdeskError
 
 log = logging.getLogger("pixdesk.engine")
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit)
+OOM_MESSAGE = (
+    "out of device memory for this request; send fewer or smaller images (images.max_patches), a shorter "
+    "prompt, or lower model.max_context / engine.max_batch"
+)
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,12 @@ class Scheduler:
             raise
         except PixdeskError as exc:
             self._finish(seq, "error", exc)
-        except BaseException:  # a tokenizer panic or CUDA OOM fails this request only
+        except torch.OutOfMemoryError:
+            log.error("request %s ran out of device memory during %s", seq.id, stage)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._finish(seq, "error", InternalError(OOM_MESSAGE))
+        except BaseException:  # a tokenizer panic fails this request only
             log.exception("request %s failed during %s", seq.id, stage)
             self._finish(seq, "error", InternalError("internal error while generating; see the daemon log"))
 

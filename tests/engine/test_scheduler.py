@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+import torch
 
 from pixdesk.engine.sampling import SamplingParams
 from pixdesk.errors import ContextLengthExceeded, Overloaded, TooManyImages
@@ -158,3 +159,19 @@ def test_limits_are_checked_before_queueing(tiny):
         gate.set()
         for r in runs:
             assert r.wait().finish.reason == "length"
+
+
+def test_out_of_memory_fails_the_request_with_the_settings_to_change(tiny):
+    with engine(tiny, max_batch=2) as eng:
+        armed = {"once": True}  # the first prefill after this point fails, as a CUDA OOM would
+
+        def hook(stage, seq):
+            if stage == "prefill" and armed.pop("once", False):
+                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+        eng.scheduler.stage_hook = hook
+        run = Run(eng.submit(eng.encode_chat([user("big")]), SamplingParams(max_tokens=3))).wait()
+        assert run.finish.reason == "error" and "images.max_patches" in run.finish.error.message
+        assert "simulated" not in run.finish.error.message
+        ok = Run(eng.submit(eng.encode_chat([user("small")]), SamplingParams(max_tokens=3))).wait()
+        assert ok.finish.reason == "length"
