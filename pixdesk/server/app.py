@@ -24,12 +24,13 @@ from starlette.staticfiles import StaticFiles
 
 from pixdesk.config import Settings, max_body_bytes
 from pixdesk.errors import InternalError, MethodNotAllowed, NotFound, PixdeskError
-from pixdesk.server import chat, page, tasks
+from pixdesk.server import chat, page, previews, tasks
 from pixdesk.server.auth import Authenticator
 from pixdesk.server.fetch import Fetcher
 from pixdesk.server.guards import AuthGuard, BodyGuard, HostGuard, OriginGuard
 from pixdesk.server.loading import ModelSlot
 from pixdesk.server.metrics import RequestLog, ServerMetrics, memory_in_use
+from pixdesk.server.previews import PreviewStore
 from pixdesk.server.responses import JSON, error_response
 
 log = logging.getLogger("pixdesk.server")
@@ -43,6 +44,7 @@ class AppContext:
     fetcher: Fetcher
     web_dir: Path
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    previews: PreviewStore = field(default_factory=PreviewStore)
 
     @property
     def extra_hosts(self) -> tuple[str, ...]:
@@ -97,6 +99,8 @@ def create_app(
         Route("/auth/code", page.login_code, methods=["POST"]),
         Route("/auth/exchange", page.exchange, methods=["POST"]),
         Route("/auth/session", page.session, methods=["GET"]),
+        Route("/v1/previews", previews.create_preview, methods=["POST"]),
+        Route("/preview/{key}", previews.show_preview, methods=["GET"]),
         Route("/", page.index, methods=["GET"]),
         Mount("/static", StaticFiles(directory=ctx.web_dir, check_dir=False), name="static"),
     ]

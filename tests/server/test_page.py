@@ -127,3 +127,19 @@ def test_codes_expire_and_sessions_too():
     assert (
         auth.check_key(b"k" * 20) and not auth.check_key(b"k" * 19) and not auth.check_key("k\u00e9".encode())
     )
+
+
+def test_html_previews_carry_their_own_sandbox_csp(site):
+    doc = "<!doctype html><style>h1{color:#c00}</style><h1>Plans</h1><script>top.x=1</script>"
+    status, _, body = site.request("POST", "/v1/previews", {"html": doc})
+    assert status == 200 and body["url"] == f"/preview/{body['id']}"
+    status, headers, page = site.request("GET", body["url"])
+    assert status == 200 and page == doc.encode()
+    csp = headers["content-security-policy"]
+    assert csp.startswith("sandbox allow-scripts;") and "allow-same-origin" not in csp
+    assert "default-src 'none'" in csp and "frame-ancestors 'self'" in csp  # no network; framed by the page
+    assert headers["x-frame-options"] == "SAMEORIGIN" and headers["cache-control"] == "no-store"
+    assert site.request("GET", body["url"], key=False)[0] == 401  # the session cookie or key is needed
+    assert site.request("GET", "/preview/nope")[1]["content-type"].startswith("application/json")
+    assert site.request("GET", "/preview/nope")[0] == 404
+    assert site.request("POST", "/v1/previews", {"html": ""})[0] == 400

@@ -59,6 +59,11 @@ export async function session() {
   }
 }
 
+/** Store an HTML document for a sandboxed preview frame; returns its URL (served with its own CSP). */
+export async function preview(html) {
+  return (await (await call("/v1/previews", { body: { html } })).json()).url;
+}
+
 /** Stream a chat completion: yields the parsed SSE chunks; an error chunk is thrown as ApiError. */
 export async function* chat(body, signal) {
   yield* events(await call("/v1/chat/completions", { body: { ...body, stream: true }, signal }));

@@ -1,6 +1,7 @@
 // One question and its answer in the conversation. The answer is re-rendered from its whole text (at most
 // once per animation frame) while it streams; nothing the model sends is ever parsed as HTML here.
 
+import { preview } from "./api.js";
 import { findHtmlDocument, renderMarkdown } from "./markdown.js";
 
 const turns = new WeakMap(); // article element -> Turn, for the answer's Copy button
@@ -150,8 +151,8 @@ export class Turn {
     this.footer.hidden = false;
   }
 
-  /** The document in a sandboxed frame: its scripts (if any ran) get an opaque origin, so no cookie, no
-   *  API and no access to this page. srcdoc documents also inherit this page's CSP. */
+  /** The document in a sandboxed frame served from /preview/{id} with its own CSP (`sandbox allow-scripts`,
+   *  inline styles and scripts, no network): an opaque origin, so no cookie, no API, no access to this page. */
   showPreview(html) {
     if (this.preview) {
       this.preview.hidden = false;
@@ -160,7 +161,7 @@ export class Turn {
     const box = el("section", "preview");
     box.setAttribute("aria-label", "HTML preview");
     const bar = el("div", "preview-bar");
-    const note = el("span", "preview-note", "sandboxed; scripts and inline styles are blocked");
+    const note = el("span", "preview-note", "sandboxed: no network, no access to pixdesk");
     bar.append(el("span", "preview-title", "Preview"), note);
     const download = el("a", "button ghost small", "Download .html");
     download.href = URL.createObjectURL(new Blob([html], { type: "text/html" }));
@@ -170,7 +171,10 @@ export class Turn {
     frame.setAttribute("sandbox", "allow-scripts");
     frame.setAttribute("referrerpolicy", "no-referrer");
     frame.title = "HTML preview (sandboxed)";
-    frame.srcdoc = html;
+    preview(html).then(
+      (url) => { frame.src = url; },
+      (err) => { note.textContent = `preview unavailable: ${err.message}`; },
+    );
     box.append(bar, frame);
     if (this.kind === "html") { // the page is the result: its source folds away under the preview
       const source = el("details", "source");
