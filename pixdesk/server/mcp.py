@@ -29,10 +29,10 @@ from pixdesk.server.rpc_framing import (
     FrameReader,
     FrameWriter,
     RpcError,
-    claim_stdout,
     error_response,
     parse_message,
     read_stdin_chunks,
+    serve_frames,
 )
 from pixdesk.server.rpc_images import ImageResolver
 
@@ -247,24 +247,12 @@ def _message(frame, writer: FrameWriter, types):
 
 
 def run(ns: argparse.Namespace) -> int:
-    frame_fd = claim_stdout()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
-    writer = FrameWriter(frame_fd)
-    try:
-        from pixdesk.config import load_settings
+    from pixdesk.config import load_settings
 
-        app = PixdeskMCP(ns, Bridge(ns), load_settings(ns.config).images)
+    def start(writer: FrameWriter):
+        return serve(PixdeskMCP(ns, Bridge(ns), load_settings(ns.config).images), writer)
 
-        async def main() -> int:
-            return await serve(app, writer)
-
-        return asyncio.run(main())
-    except PixdeskError as exc:
-        log.error("pixdesk mcp: %s", exc.message)
-        return 2
-    finally:
-        writer.close()
+    return serve_frames("pixdesk mcp", start)
 
 
 def main(argv: list[str] | None = None) -> int:

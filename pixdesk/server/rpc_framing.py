@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import queue
 import sys
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pixdesk.errors import KINDS, PixdeskError
@@ -258,3 +260,21 @@ def error_response(rid, exc: BaseException) -> dict:
 
 def notification(method: str, params: dict) -> dict:
     return {"jsonrpc": "2.0", "method": method, "params": params}
+
+
+def serve_frames(name: str, start: Callable[[FrameWriter], Awaitable[int]]) -> int:
+    """Run a stdio front: claim stdout for frames, log to stderr, await `start(writer)`.
+
+    A PixdeskError while starting (bad settings, no daemon) is logged and ends with exit status 2.
+    """
+    frame_fd = claim_stdout()
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
+    writer = FrameWriter(frame_fd)
+    try:
+        return asyncio.run(start(writer))
+    except PixdeskError as exc:
+        logging.getLogger("pixdesk.rpc").error("%s: %s", name, exc.message)
+        return 2
+    finally:
+        writer.close()

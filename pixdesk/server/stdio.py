@@ -24,12 +24,12 @@ from pixdesk.server.rpc_framing import (
     FrameReader,
     FrameWriter,
     RpcError,
-    claim_stdout,
     error_response,
     notification,
     parse_message,
     read_stdin_chunks,
     response,
+    serve_frames,
 )
 from pixdesk.server.rpc_images import SOURCES, ImageResolver
 
@@ -322,11 +322,8 @@ def image_limits(ns: argparse.Namespace):
 
 def run(ns: argparse.Namespace) -> int:
     """Serve until EOF or `exit`. The frame channel is claimed first, so nothing else can reach stdout."""
-    frame_fd = claim_stdout()
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")  # fmt: skip
-    writer = FrameWriter(frame_fd)
-    try:
+
+    def start(writer: FrameWriter):
         limits = image_limits(ns)
         roots = [str(r) for r in ns.allow_path] if ns.allow_path else None
 
@@ -334,16 +331,9 @@ def run(ns: argparse.Namespace) -> int:
             return roots
 
         images = ImageResolver(max_bytes=limits.max_bytes, max_pixels=limits.max_pixels, roots=allowed)
+        return StdioServer(ns, writer, Bridge(ns), images).serve()
 
-        async def main() -> int:
-            return await StdioServer(ns, writer, Bridge(ns), images).serve()
-
-        return asyncio.run(main())
-    except PixdeskError as exc:
-        log.error("pixdesk stdio: %s", exc.message)
-        return 2
-    finally:
-        writer.close()
+    return serve_frames("pixdesk stdio", start)
 
 
 def main(argv: list[str] | None = None) -> int:
