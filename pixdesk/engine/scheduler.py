@@ -176,7 +176,8 @@ class Scheduler:
             return False
         if seq.priority == "batch":
             batch_active = sum(1 for s in self.active if s.priority == "batch")
-            return batch_active < self.config.max_batch - self.config.reserved_interactive
+            # At least one slot, or a single-slot engine would never run a batch request.
+            return batch_active < max(1, self.config.max_batch - self.config.reserved_interactive)
         return True
 
     def _start(self, seq: Sequence) -> None:

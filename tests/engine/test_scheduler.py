@@ -175,3 +175,10 @@ def test_out_of_memory_fails_the_request_with_the_settings_to_change(tiny):
         assert "simulated" not in run.finish.error.message
         ok = Run(eng.submit(eng.encode_chat([user("small")]), SamplingParams(max_tokens=3))).wait()
         assert ok.finish.reason == "length"
+
+
+def test_a_single_slot_engine_still_runs_batch_requests(tiny):
+    with engine(tiny, max_batch=1, reserved_interactive=1) as eng:
+        prompt = eng.encode_chat([user("folder job")])
+        run = Run(eng.submit(prompt, SamplingParams(max_tokens=2), priority="batch"))
+        assert run.wait(60).finish.reason == "length"
