@@ -6,12 +6,14 @@ every limit before queueing, and streams typed events back through a Submission.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from pixdesk.config import ImageSettings
+from pixdesk.engine.budget import fit_images
 from pixdesk.engine.generate import TokenStream, check_context
 from pixdesk.engine.sampling import SamplingParams, make_generator
 from pixdesk.engine.scheduler import Scheduler, SchedulerConfig
@@ -35,6 +37,9 @@ class ModelInfo:
     patch_size: int | None
     max_image_size: int | None
     manifest_id: str
+
+
+log = logging.getLogger("pixdesk.engine")
 
 
 def _user_cache() -> Path:
@@ -181,6 +186,14 @@ class LocalEngine:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
         params.validate(self.info.vocab_size)
         self._check_images(prompt)
+        fitted = fit_images(prompt, params.max_tokens, self.config.max_context, self.info.patch_size or 16)
+        note = None
+        if fitted is not None:  # automatic image-token budget: smaller images rather than a refusal
+            note = (
+                f"images scaled down to fit the context: {len(prompt.ids)} -> {len(fitted.ids)} prompt tokens"
+            )
+            log.info(note)
+            prompt = fitted
         check_context(len(prompt.ids), params.max_tokens, self.config.max_context)
         if mask is None and tools:
             from pixdesk.tokenizer.tools import tool_call_mask
@@ -202,6 +215,8 @@ class LocalEngine:
             mask=mask,
         )
         submission.id = seq.id
+        if note:
+            submission.notes.append(note)
         self.scheduler.enqueue(seq)
         return submission
 

@@ -49,6 +49,7 @@ class Submission:
         except RuntimeError:
             self._loop, self._async = None, None
         self.finish: Finish | None = None
+        self.notes: list[str] = []  # what the engine changed about the request (e.g. images scaled down)
 
     # worker side
     def put(self, event: Event) -> None:
