@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from pixdesk.errors import ImageTooLarge, InvalidConfig, InvalidImage, UnsupportedImageFormat
+from pixdesk.tokenizer.sniff import sniff_format, sniff_size
 
 IMG_ID = 10
 IMG_BREAK_ID = 12
@@ -39,30 +40,6 @@ _EXIF_TRANSPOSE = {  # EXIF orientation -> Pillow transpose, the table ImageOps.
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-# Magic bytes of formats we refuse, so a real BMP gets 415 while random bytes get 400. Pillow is never asked
-# to open these (its `formats=` allow-list keeps the other plugins out); this table only names them.
-_OTHER_MAGIC = {
-    "BMP": (b"BM",),
-    "TIFF": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
-    "PSD": (b"8BPS",),
-    "EPS": (b"%!PS", b"\xc5\xd0\xd3\xc6"),
-    "PDF": (b"%PDF",),
-    "ICO": (b"\x00\x00\x01\x00", b"\x00\x00\x02\x00"),
-    "ICNS": (b"icns",),
-    "DDS": (b"DDS ",),
-    "FITS": (b"SIMPLE  =",),
-    "JPEG 2000": (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51"),
-    "JPEG XL": (b"\x00\x00\x00\x0cJXL \r\n\x87\n", b"\xff\x0a"),
-    "McIdas": (b"\x00\x00\x00\x00\x00\x00\x00\x04",),
-    "QOI": (b"qoif",),
-    "SGI": (b"\x01\xda",),
-    "XCF": (b"gimp xcf",),
-    "OpenEXR": (b"v/1\x01",),
-    "Radiance HDR": (b"#?RADIANCE",),
-    "BLP": (b"BLP",),
-    "IFF": (b"FORM",),
-}
-_ALLOWED_MAGIC = {"PNG": (b"\x89PNG\r\n\x1a\n",), "JPEG": (b"\xff\xd8\xff",), "GIF": (b"GIF87a", b"GIF89a")}
 
 
 def image_token_ids(rows: int, cols: int) -> list[int]:
@@ -178,7 +155,7 @@ def decode_image(data: bytes, *, limits: ImageLimits = ImageLimits()) -> Image.I
             f"image is {_fmt_bytes(len(data))} encoded; the limit is {_fmt_bytes(limits.max_bytes)} "
             "(send a smaller file or set images.max_bytes)"
         )
-    if (size := _sniff_size(data)) is not None:
+    if (size := sniff_size(data)) is not None:
         _check_size(size, limits)  # before Pillow: its WebP decoder allocates the canvas inside open()
     im = _open_and_load(data, limits)
     im = _to_8bit(im)
@@ -219,23 +196,6 @@ def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:
         )
 
 
-def _sniff_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) straight from a PNG IHDR or WebP header; None for other formats or short headers."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
-        return struct.unpack(">II", data[16:24])
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP" and len(data) >= 30:
-        chunk = data[12:16]
-        if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
-            w, h = struct.unpack("<HH", data[26:30])
-            return w & 0x3FFF, h & 0x3FFF
-        if chunk == b"VP8X":
-            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-        if chunk == b"VP8L" and data[20] == 0x2F:
-            bits = int.from_bytes(data[21:25], "little")
-            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    return None
-
-
 def _too_large_from_pillow(e: Exception) -> ImageTooLarge:
     # Pillow's own bomb check fires inside open() (e.g. a GIF frame far larger than its canvas) and caps
     # images.max_pixels too: pixdesk never raises Image.MAX_IMAGE_PIXELS, a process-wide setting
@@ -246,43 +206,8 @@ def _too_large_from_pillow(e: Exception) -> ImageTooLarge:
     )
 
 
-def _sniff_format(data: bytes) -> tuple[str, bool] | None:
-    """(format name, accepted?) from magic bytes, or None when the bytes look like no image at all."""
-    for name, magics in _ALLOWED_MAGIC.items():
-        if data.startswith(magics):
-            return name, True
-    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        return "WEBP", True
-    for name, magics in _OTHER_MAGIC.items():
-        if data.startswith(magics):
-            return name, False
-    if data[4:8] == b"ftyp" and data[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"):
-        return "HEIF/AVIF", False
-    head = data[:256].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if head.startswith((b"<svg", b"<?xml", b"<!doctype svg")):
-        return "SVG", False
-    if len(data) >= 3 and data[0] == ord("P") and data[1] in b"1234567" and data[2] in b" \t\r\n":
-        return "PNM", False
-    if _looks_like_tga(data):
-        return "TGA", False
-    if len(data) >= 4 and data[0] == 0x0A and data[1] in (0, 2, 3, 4, 5) and data[2] == 1 and data[3] <= 8:
-        return "PCX", False
-    return None
-
-
-def _looks_like_tga(data: bytes) -> bool:
-    # TGA has no leading magic: a v2 footer, or a plausible 18-byte header (colour map, image type, depth)
-    if data.endswith(b"TRUEVISION-XFILE.\x00"):
-        return True
-    if len(data) < 18:
-        return False
-    w, h = struct.unpack("<HH", data[12:16])
-    plausible = data[1] in (0, 1) and data[2] in (1, 2, 3, 9, 10, 11) and data[16] in (8, 15, 16, 24, 32)
-    return plausible and w * h > 0
-
-
 def _unidentified(data: bytes) -> InvalidImage | UnsupportedImageFormat:
-    sniffed = _sniff_format(data)
+    sniffed = sniff_format(data)
     if sniffed is None:
         return InvalidImage("image bytes are not a PNG, JPEG, WebP or GIF file (unrecognized header)")
     name, accepted = sniffed
@@ -292,7 +217,7 @@ def _unidentified(data: bytes) -> InvalidImage | UnsupportedImageFormat:
 
 
 def _corrupt(data: bytes, e: Exception) -> InvalidImage:
-    name = (_sniff_format(data) or ("image", True))[0]
+    name = (sniff_format(data) or ("image", True))[0]
     detail = str(e)[:200] or type(e).__name__
     return InvalidImage(f"image is a corrupt or truncated {name} file ({detail}); re-send the complete file")
 
