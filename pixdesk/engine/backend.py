@@ -186,23 +186,9 @@ class LocalEngine:
             raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}", param="priority")
         params.validate(self.info.vocab_size)
         self._check_images(prompt)
-        fitted = fit_images(prompt, params.max_tokens, self.config.max_context, self.info.patch_size or 16)
-        note = None
-        if fitted is not None:  # automatic image-token budget: smaller images rather than a refusal
-            note = (
-                f"images scaled down to fit the context: {len(prompt.ids)} -> {len(fitted.ids)} prompt tokens"
-            )
-            log.info(note)
-            prompt = fitted
-        check_context(len(prompt.ids), params.max_tokens, self.config.max_context)
-        if mask is None and tools:
-            from pixdesk.tokenizer.tools import tool_call_mask
-
-            mask = tool_call_mask(self.grammar, tools, tool_choice, params.max_tokens)
-        elif mask is None and response_format is not None:
-            from pixdesk.engine.grammar import mask_for_response_format
-
-            mask = mask_for_response_format(self.grammar, response_format, params)
+        prompt, note = self._fit_context(prompt, params.max_tokens)
+        if mask is None:
+            mask = self._grammar_mask(params, response_format, tools, tool_choice)
         submission = Submission("", self.scheduler.wake)
         seq = Sequence(
             prompt=prompt,
@@ -219,6 +205,30 @@ class LocalEngine:
             submission.notes.append(note)
         self.scheduler.enqueue(seq)
         return submission
+
+    def _fit_context(self, prompt: EncodedPrompt, max_tokens: int) -> tuple[EncodedPrompt, str | None]:
+        """The prompt as submitted, or with smaller images when it would not fit (automatic token budget)."""
+        fitted = fit_images(prompt, max_tokens, self.config.max_context, self.info.patch_size or 16)
+        note = None
+        if fitted is not None:
+            note = (
+                f"images scaled down to fit the context: {len(prompt.ids)} -> {len(fitted.ids)} prompt tokens"
+            )
+            log.info(note)
+            prompt = fitted
+        check_context(len(prompt.ids), max_tokens, self.config.max_context)
+        return prompt, note
+
+    def _grammar_mask(self, params, response_format, tools, tool_choice) -> LogitMask | None:
+        if tools:
+            from pixdesk.tokenizer.tools import tool_call_mask
+
+            return tool_call_mask(self.grammar, tools, tool_choice, params.max_tokens)
+        if response_format is not None:
+            from pixdesk.engine.grammar import mask_for_response_format
+
+            return mask_for_response_format(self.grammar, response_format, params)
+        return None
 
     def stats(self) -> dict:
         s = self.scheduler
