@@ -192,11 +192,6 @@ def _validate(s: Settings) -> Settings:
         raise InvalidConfig(f"model.dtype must be one of {', '.join(DTYPES)}", param="model.dtype")
     if s.model.quant not in QUANTS:
         raise InvalidConfig(f"model.quant must be one of {', '.join(QUANTS)}", param="model.quant")
-    if s.model.quant != "none":
-        raise InvalidConfig(
-            f"model.quant = {s.model.quant!r}: weight quantization is not built yet; use 'none'",
-            param="model.quant",
-        )
     if s.model.max_context != 0 and s.model.max_context < 16:
         raise InvalidConfig(
             'model.max_context must be "auto" or at least 16 tokens', param="model.max_context"

@@ -116,9 +116,19 @@ def load_engine_checkpoint(settings: Settings, on_progress=None):
             on_progress(done / max(total, 1))
         err(f"\rloading weights {100 * done // max(total, 1):3d}%", end="")
 
-    ckpt = load_checkpoint(model_dir, dtype=dtype, device=device, progress=report)
+    quant = settings.model.quant
+    if quant != "none":
+        err(f"weights: {quant}; a first start quantizes them and keeps the result in {cache_dir() / 'quantized'}")
+    ckpt = load_checkpoint(model_dir, dtype=dtype, device=device, progress=report, quant=quant,
+                           quant_cache=cache_dir() / "quantized")  # fmt: skip
+    ckpt.model.fuse_projections()  # one q|k|v and one gate|up product per layer
+    how = ""
+    if ckpt.quant:
+        how = f", {quant} " + ("read from the quantized cache" if ckpt.quant["source"] == "cache" else
+                               "quantized at load" + (" and cached" if ckpt.quant["cache"] else ""))  # fmt: skip
     err(
-        f"\rloaded {model_dir} ({ckpt.files.layout} layout) on {device} in {time.perf_counter() - start:.1f}s"
+        f"\rloaded {model_dir} ({ckpt.files.layout} layout{how}) on {device} in "
+        f"{time.perf_counter() - start:.1f}s"
     )
     return ckpt
 

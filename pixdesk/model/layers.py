@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixdesk.model.quant import concat_linears
 from pixdesk.model.rope import apply_rope
 
 # (q, k, v) each (B, T, H|Hkv, D) -> (B, T, H, D)
@@ -43,9 +44,7 @@ class Attention(nn.Module):
 
     def fuse(self) -> None:
         """One (q|k|v) projection instead of three: one weight read and one launch per decode step."""
-        w = torch.cat([self.wq.weight, self.wk.weight, self.wv.weight]).detach()
-        self.wqkv = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
-        self.wqkv.weight = nn.Parameter(w, requires_grad=False)
+        self.wqkv = concat_linears([self.wq, self.wk, self.wv])
         del self.wq, self.wk, self.wv
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
@@ -72,9 +71,7 @@ class FeedForward(nn.Module):
 
     def fuse(self) -> None:
         """One (gate|up) projection instead of two."""
-        w = torch.cat([self.w1.weight, self.w3.weight]).detach()
-        self.w13 = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
-        self.w13.weight = nn.Parameter(w, requires_grad=False)
+        self.w13 = concat_linears([self.w1, self.w3])
         del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

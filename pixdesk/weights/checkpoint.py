@@ -22,6 +22,7 @@ class Checkpoint:
     tokenizer: Tekkenizer
     files: CheckpointFiles
     manifest: dict
+    quant: dict | None = None  # for quantized loads: {"mode", "source": "cache" | "quantized", "seconds", "cache"}
 
     @property
     def manifest_id(self) -> str:
@@ -62,8 +63,22 @@ def load_checkpoint(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
+    quant: str = "none",
+    quant_cache: Path | None = None,
 ) -> Checkpoint:
+    """Load a checkpoint; with `quant` int8/int4 the decoder linears are quantized (or read from the
+    quantized cache under `quant_cache`, see weights/quantized.py)."""
     files = find_checkpoint(model_dir)
-    model = build_model(files, dtype=dtype, device=device, progress=progress)
+    man = manifest(files)
+    report = None
+    if quant == "none":
+        model = build_model(files, dtype=dtype, device=device, progress=progress)
+    else:
+        from pixdesk.model.quant import QuantSpec
+        from pixdesk.weights.quantized import load_quantized
+
+        model, report = load_quantized(files, manifest_id(man), QuantSpec(quant), dtype=dtype, device=device,
+                                       cache_root=quant_cache, progress=progress)  # fmt: skip
+        report = {"mode": quant, **report}
     tokenizer = load_tokenizer(files.root, vocab_size=model.args.text.vocab_size)
-    return Checkpoint(model, tokenizer, files, manifest(files))
+    return Checkpoint(model, tokenizer, files, man, report)

@@ -23,6 +23,7 @@ from pixdesk.model.pixtral import Pixtral
 from pixdesk.weights.layouts import canonical_hf, hf_name_table, permute_from_hf, qk_heads
 
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+_STORED_DTYPES = {**_DTYPES, "I8": torch.int8, "U8": torch.uint8}  # the quantized cache adds integers
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -186,18 +187,22 @@ def iter_tensors(plan: list[_Planned]) -> Iterator[tuple[_Planned, torch.Tensor]
         try:
             with path.open("rb") as f:
                 for p in sorted(entries, key=lambda e: e.info.offset):
-                    t = _read_one(f, p.info)
+                    t = read_tensor_data(f, p.info)
                     yield p, (permute_from_hf(t, p.permute_heads) if p.permute_heads else t)
         except OSError as exc:
             raise InvalidCheckpoint(f"{path}: cannot read tensor data ({exc})") from None
 
 
-def _read_one(f, info: TensorInfo) -> torch.Tensor:
+def read_tensor_data(f, info: TensorInfo) -> torch.Tensor:
+    """One tensor's bytes from an open file, as a CPU tensor of its stored dtype and shape."""
+    dtype = _STORED_DTYPES.get(info.dtype)
+    if dtype is None or info.nbytes != math.prod(info.shape) * dtype.itemsize:
+        raise InvalidCheckpoint(f"{info.file}: tensor {info.name!r}: dtype {info.dtype} or its size is invalid")
     buf = torch.empty(info.nbytes, dtype=torch.uint8)
     f.seek(info.offset)
     if f.readinto(memoryview(buf.numpy())) != info.nbytes:
         raise InvalidCheckpoint(f"{info.file}: truncated while reading tensor {info.name!r}")
-    return buf.view(_DTYPES[info.dtype]).reshape(info.shape)
+    return buf.view(dtype).reshape(info.shape)
 
 
 def _assign(model: nn.Module, name: str, value: torch.Tensor) -> None:

@@ -1,0 +1,98 @@
+"""Matrix products with quantized weights, picked by device and by the number of rows.
+
+- CUDA, few rows (decode: up to 16 rows): Triton kernels that read the packed weights once and dequantize
+  in registers (`quant_triton.py`); the weight bytes are the whole cost there.
+- CUDA, many rows (prefill): dequantize into a bf16 temporary, then one cuBLAS GEMM (compute-bound, so the
+  extra pass over the weight is a few percent).
+- CPU: torch's own kernels, `_weight_int8pack_mm` and the tinygemm CPU int4 kernel.
+
+The CUDA paths are registered as custom ops (`pixdesk::int8_linear`, `pixdesk::int4_linear`), so the
+compiled decode step treats them as opaque calls and captures them in its CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DECODE_ROWS = 16  # at most this many rows take the GEMV kernels
+CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+# ------------------------------------------------------------------------------------------ int8
+
+
+@torch.library.custom_op("pixdesk::int8_linear", mutates_args=())
+def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] <= DECODE_ROWS:
+        from pixdesk.model import quant_triton
+
+        return quant_triton.int8_gemv(x, qweight, scales)
+    out = F.linear(x, qweight.to(x.dtype))  # (M, N): scale per output channel applies after the product
+    return (out.float() * scales).to(x.dtype)
+
+
+@_int8_linear_op.register_fake
+def _(x, qweight, scales):
+    return x.new_empty(x.shape[0], qweight.shape[0])
+
+
+def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (..., K) @ (q * s).T -> (..., N) in x's dtype."""
+    x2 = _rows(x).contiguous()
+    if x.device.type == "cuda":
+        out = _int8_linear_op(x2, qweight, scales)
+    else:
+        out = torch._weight_int8pack_mm(x2, qweight, scales.to(x.dtype))
+    return out.reshape(*x.shape[:-1], qweight.shape[0])
+
+
+# ------------------------------------------------------------------------------------------ int4
+
+
+@torch.library.custom_op("pixdesk::int4_linear", mutates_args=())
+def _int4_linear_op(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group: int
+) -> torch.Tensor:
+    from pixdesk.model import quant_triton
+
+    if x.shape[0] <= DECODE_ROWS:
+        return quant_triton.int4_gemv(x, qweight, scales, mins, group)
+    w = quant_triton.int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary
+    return F.linear(x, w)
+
+
+@_int4_linear_op.register_fake
+def _(x, qweight, scales, mins, group):
+    return x.new_empty(x.shape[0], qweight.shape[0])
+
+
+def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
+    """x (..., K) on CUDA @ dequantized (N, K).T -> (..., N)."""
+    out = _int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group)
+    return out.reshape(*x.shape[:-1], qweight.shape[0])
+
+
+def int4_cpu_pack(
+    qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical int4 -> the tinygemm CPU layout: (packed weight, scale|zero (K/G, N, 2) in `dtype`).
+
+    tinygemm reads w = (q - 8) * scale + zero, so zero = min + 8 * scale.
+    """
+    from pixdesk.model.quant import unpack_int4
+
+    q = unpack_int4(qweight).to(torch.int32)  # (N, K)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+    s, m = scales.float(), mins.float()
+    sz = torch.stack([s, m + 8 * s], dim=-1).transpose(0, 1).contiguous().to(dtype)  # (K/G, N, 2)
+    return packed, sz
+
+
+def int4_linear_cpu(x, packed, sz, group: int, out_features: int) -> torch.Tensor:
+    out = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x).contiguous(), packed, group, sz)
+    return out.reshape(*x.shape[:-1], out_features)

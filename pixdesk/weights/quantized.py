@@ -1,0 +1,196 @@
+"""Quantized models: quantize at load from a float checkpoint, keep the result in the quantized cache.
+
+The cache entry lives in `<cache root>/<key>/` (`model.safetensors` + `meta.json`); the key is a hash of
+the checkpoint's manifest (file names, sizes, mtimes and tensor headers), the quantization format and the
+pixdesk version. So a changed checkpoint, format or version misses and the cache is rebuilt; a hit loads the
+quantized tensors directly (a fraction of the float bytes, no quantization work).
+
+Quantizing streams the checkpoint tensor by tensor: a decoder linear's float weight goes to the device,
+is quantized there and replaced, so the peak is the quantized model plus one float weight (a 12 GiB card
+never holds the 25 GB float model). The entry is written to a temporary folder and renamed into place, so
+a crash never leaves a half-written entry that a later start would trust.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import pixdesk
+from pixdesk.errors import InvalidCheckpoint
+from pixdesk.model.pixtral import Pixtral
+from pixdesk.model.quant import (
+    QuantSpec,
+    decoder_input_sizes,
+    decoder_linear_names,
+    empty_linear,
+    quantize_linear,
+    set_module,
+)
+from pixdesk.weights.load import (
+    CheckpointFiles,
+    Progress,
+    _assign,
+    iter_tensors,
+    plan_tensors,
+    read_args,
+    read_header,
+    read_tensor_data,
+)
+
+log = logging.getLogger("pixdesk.weights")
+ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.int8: "I8",
+             torch.uint8: "U8"}  # fmt: skip
+CACHE_FILE = "model.safetensors"
+
+
+def cache_key(manifest_id: str, spec: QuantSpec) -> str:
+    parts = {"manifest": manifest_id, "quant": spec.describe(), "pixdesk": pixdesk.__version__}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def load_quantized(
+    files: CheckpointFiles,
+    manifest_id: str,
+    spec: QuantSpec,
+    *,
+    dtype: torch.dtype,
+    device: str | torch.device,
+    cache_root: Path | None,
+    progress: Progress | None = None,
+) -> tuple[Pixtral, dict]:
+    """The quantized model and a report: {"source": "cache" | "quantized", "seconds", "cache": path}."""
+    with torch.device("meta"):
+        spec = spec.for_inputs(decoder_input_sizes(Pixtral(read_args(files))))
+    entry = Path(cache_root) / cache_key(manifest_id, spec) if cache_root else None
+    t0 = time.perf_counter()
+    if entry is not None and (entry / "meta.json").is_file():
+        try:
+            model = _load_entry(files, entry, spec, dtype, device, progress)
+            return model, {"source": "cache", "seconds": time.perf_counter() - t0, "cache": str(entry)}
+        except InvalidCheckpoint as exc:
+            log.warning("quantized cache %s is unreadable (%s); rebuilding it", entry, exc)
+            shutil.rmtree(entry, ignore_errors=True)
+    model = quantize_from_checkpoint(files, spec, dtype=dtype, device=device, progress=progress)
+    report = {"source": "quantized", "seconds": time.perf_counter() - t0, "cache": None}
+    if entry is not None:
+        try:
+            write_entry(model, entry, {"key": entry.name, "manifest": manifest_id, "quant": spec.describe(),
+                                       "pixdesk": pixdesk.__version__, "checkpoint": str(files.root)})  # fmt: skip
+            report["cache"] = str(entry)
+        except (
+            OSError
+        ) as exc:  # a full or read-only disk costs the next start a re-quantization, nothing else
+            log.warning(
+                "could not write the quantized cache %s (%s); the next start quantizes again", entry, exc
+            )
+    return model, report
+
+
+def _empty_quantized(files: CheckpointFiles, spec: QuantSpec) -> tuple[Pixtral, list[str]]:
+    args = read_args(files)
+    with torch.device("meta"):
+        model = Pixtral(args)
+    names = decoder_linear_names(model)
+    for name in names:
+        lin = model.get_submodule(name)
+        set_module(model, name, empty_linear(lin.in_features, lin.out_features, spec))
+    return model, names
+
+
+def quantize_from_checkpoint(
+    files: CheckpointFiles, spec: QuantSpec, *, dtype, device, progress: Progress | None = None
+) -> Pixtral:
+    """Stream the float checkpoint; decoder linears are quantized on `device` as they arrive."""
+    args = read_args(files)
+    with torch.device("meta"):
+        model = Pixtral(args)
+    linears = {f"{n}.weight": n for n in decoder_linear_names(model)}
+    plan = plan_tensors(files, model, args)
+    total, done = sum(p.info.nbytes for p in plan), 0
+    for p, tensor in iter_tensors(plan):
+        if p.target in linears:
+            w = tensor.to(device=device)
+            set_module(model, linears[p.target], quantize_linear(w, spec))
+            del w
+        else:
+            _assign(model, p.target, tensor.to(device=device, dtype=dtype))
+        done += p.info.nbytes
+        if progress:
+            progress(done, total)
+    return model.eval()
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    state = dict(model.named_parameters())
+    state.update(model.named_buffers())
+    return state
+
+
+def write_entry(model: nn.Module, entry: Path, meta: dict) -> None:
+    """Every parameter and buffer of the (unfused) model as one safetensors file, streamed tensor by tensor."""
+    tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = _state(model)
+    header, offset = {}, 0
+    for name, t in state.items():
+        n = t.numel() * t.element_size()
+        header[name] = {
+            "dtype": ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(tmp / CACHE_FILE, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for t in state.values():
+            f.write(memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()))
+        f.flush()
+        os.fsync(f.fileno())
+    (tmp / "meta.json").write_text(json.dumps({**meta, "bytes": offset}, indent=1))
+    shutil.rmtree(entry, ignore_errors=True)
+    tmp.rename(entry)
+
+
+def _load_entry(files, entry: Path, spec: QuantSpec, dtype, device, progress: Progress | None) -> Pixtral:
+    model, _ = _empty_quantized(files, spec)
+    floats = dict(model.named_parameters())  # vision, norms, embeddings: follow the requested dtype
+    quantized = dict(model.named_buffers())  # int8/uint8 weights, scales, minimums: exactly as stored
+    infos = {i.name: i for i in read_header(entry / CACHE_FILE)}
+    if set(infos) != set(floats) | set(quantized):
+        odd = sorted(set(infos) ^ (set(floats) | set(quantized)))
+        raise InvalidCheckpoint(f"{entry}: tensors differ from the model ({odd[0]!r})")
+    total, done = sum(i.nbytes for i in infos.values()), 0
+    with open(entry / CACHE_FILE, "rb") as f:
+        for info in sorted(infos.values(), key=lambda i: i.offset):
+            want = floats.get(info.name, quantized.get(info.name))
+            if tuple(info.shape) != tuple(want.shape):
+                raise InvalidCheckpoint(f"{entry}: tensor {info.name!r} has shape {list(info.shape)}")
+            t = read_tensor_data(f, info)
+            if info.name in floats:
+                _assign(model, info.name, t.to(device=device, dtype=dtype))
+            elif t.dtype != want.dtype:
+                raise InvalidCheckpoint(f"{entry}: tensor {info.name!r} has dtype {info.dtype}")
+            else:
+                _put_buffer(model, info.name, t.to(device=device))
+            done += info.nbytes
+            if progress:
+                progress(done, total)
+    return model.eval()
+
+
+def _put_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    module_name, _, leaf = name.rpartition(".")
+    model.get_submodule(module_name)._buffers[leaf] = value
