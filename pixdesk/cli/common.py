@@ -118,14 +118,17 @@ def load_engine_checkpoint(settings: Settings, on_progress=None):
 
     quant = settings.model.quant
     if quant != "none":
-        err(f"weights: {quant}; a first start quantizes them and keeps the result in {cache_dir() / 'quantized'}")
+        where = cache_dir() / "quantized"
+        err(f"weights: {quant}; a first start quantizes them and keeps the result in {where}")
     ckpt = load_checkpoint(model_dir, dtype=dtype, device=device, progress=report, quant=quant,
                            quant_cache=cache_dir() / "quantized")  # fmt: skip
     ckpt.model.fuse_projections()  # one q|k|v and one gate|up product per layer
     how = ""
     if ckpt.quant:
-        how = f", {quant} " + ("read from the quantized cache" if ckpt.quant["source"] == "cache" else
-                               "quantized at load" + (" and cached" if ckpt.quant["cache"] else ""))  # fmt: skip
+        cached = " and cached" if ckpt.quant["cache"] else ""
+        from_cache = ckpt.quant["source"] == "cache"
+        how = "read from the quantized cache" if from_cache else f"quantized at load{cached}"
+        how = f", {quant} {how}"
     err(
         f"\rloaded {model_dir} ({ckpt.files.layout} layout{how}) on {device} in "
         f"{time.perf_counter() - start:.1f}s"

@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-
-_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # tests on the CPU run the kernels in Triton's interpreter
+# Tests on the CPU run the kernels in Triton's interpreter.
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 # Triton 3.6's interpreter computes bf16 tl.dot wrongly; under it the dot operands go through fp32 instead.
@@ -106,7 +106,8 @@ def _int4_gemv(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, G: tl.constexpr, MB: 
             b = tl.load(w_ptr + rn[:, None] * KB + rj[None, :], mask=n_ok[:, None], other=0)
             xe = tl.load(x_ptr + 2 * rj).to(tl.float32)
             xo = tl.load(x_ptr + 2 * rj + 1).to(tl.float32)
-            qx = tl.sum((b & 0xF).to(tl.float32) * xe[None, :] + (b >> 4).to(tl.float32) * xo[None, :], axis=1)
+            lo, hi = (b & 0xF).to(tl.float32), (b >> 4).to(tl.float32)
+            qx = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1)
             s = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
             m = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
             acc += s * qx + m * (tl.sum(xe, axis=0) + tl.sum(xo, axis=0))

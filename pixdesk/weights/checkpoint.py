@@ -22,7 +22,7 @@ class Checkpoint:
     tokenizer: Tekkenizer
     files: CheckpointFiles
     manifest: dict
-    quant: dict | None = None  # for quantized loads: {"mode", "source": "cache" | "quantized", "seconds", "cache"}
+    quant: dict | None = None  # quantized: {"mode", "source": "cache" | "quantized", "seconds", "cache"}
 
     @property
     def manifest_id(self) -> str:

@@ -197,7 +197,7 @@ def read_tensor_data(f, info: TensorInfo) -> torch.Tensor:
     """One tensor's bytes from an open file, as a CPU tensor of its stored dtype and shape."""
     dtype = _STORED_DTYPES.get(info.dtype)
     if dtype is None or info.nbytes != math.prod(info.shape) * dtype.itemsize:
-        raise InvalidCheckpoint(f"{info.file}: tensor {info.name!r}: dtype {info.dtype} or its size is invalid")
+        raise InvalidCheckpoint(f"{info.file}: tensor {info.name!r}: bad dtype {info.dtype} or byte size")
     buf = torch.empty(info.nbytes, dtype=torch.uint8)
     f.seek(info.offset)
     if f.readinto(memoryview(buf.numpy())) != info.nbytes:

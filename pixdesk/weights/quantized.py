@@ -83,16 +83,13 @@ def load_quantized(
     model = quantize_from_checkpoint(files, spec, dtype=dtype, device=device, progress=progress)
     report = {"source": "quantized", "seconds": time.perf_counter() - t0, "cache": None}
     if entry is not None:
+        meta = {"key": entry.name, "manifest": manifest_id, "quant": spec.describe(),
+                "pixdesk": pixdesk.__version__, "checkpoint": str(files.root)}  # fmt: skip
         try:
-            write_entry(model, entry, {"key": entry.name, "manifest": manifest_id, "quant": spec.describe(),
-                                       "pixdesk": pixdesk.__version__, "checkpoint": str(files.root)})  # fmt: skip
+            write_entry(model, entry, meta)
             report["cache"] = str(entry)
-        except (
-            OSError
-        ) as exc:  # a full or read-only disk costs the next start a re-quantization, nothing else
-            log.warning(
-                "could not write the quantized cache %s (%s); the next start quantizes again", entry, exc
-            )
+        except OSError as exc:  # a full or read-only disk costs the next start a re-quantization, no more
+            log.warning("cannot write the quantized cache %s (%s); next start quantizes again", entry, exc)
     return model, report
 
 
@@ -137,7 +134,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_entry(model: nn.Module, entry: Path, meta: dict) -> None:
-    """Every parameter and buffer of the (unfused) model as one safetensors file, streamed tensor by tensor."""
+    """Every parameter and buffer of the (unfused) model in one safetensors file, written tensor by tensor."""
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
