@@ -7,6 +7,8 @@ Runs from source on a bare GPU machine (`PYTHONPATH=.`; torch, safetensors, nump
     python bench/gpu.py --stage bf16      # pixdesk: decode b1/b8, TTFT cold/warm, peak memory
     python bench/gpu.py --stage check     # pixdesk bf16 logits vs transformers on the same weights
     python bench/gpu.py --stage ready     # a real checkpoint-sized file: load_s, host RSS, time to ready
+    python bench/gpu.py --stage int8      # quantize on the GPU: accuracy vs bf16, cache write/reload, engine
+    python bench/gpu.py --stage int4      # the same for int4, plus a fresh process capped to 12 GiB
     python bench/gpu.py --merge DIR       # join DIR/stage-*.json into bench/results/<date>-<device>.json
 
 Each stage writes stage-<name>.json under $OUT (or --out). Decode is measured at a fixed context: the
@@ -35,6 +37,7 @@ from bench.gpu_model import (  # noqa: E402
     random_checkpoint,
     synthetic_tokenizer,
 )
+from bench.gpu_quant import stage_int4_12g, stage_quant  # noqa: E402
 
 QUESTION = list(range(2000, 2020))
 
@@ -77,10 +80,9 @@ def engine_for(ckpt, max_batch: int, **kw):
     from pixdesk.engine.scheduler import SchedulerConfig
 
     context = len(image_prompt(0, QUESTION).ids) + 169  # room for 128+ generated tokens
-    cfg = SchedulerConfig(
-        max_batch=max_batch, max_context=context, prefill_chunk=8192, max_queue=64, per_client_active=max_batch, **kw
-    )
-    return LocalEngine(ckpt, cfg).start()
+    settings = dict(max_batch=max_batch, max_context=context, prefill_chunk=8192, max_queue=64,
+                    per_client_active=max_batch)  # fmt: skip
+    return LocalEngine(ckpt, SchedulerConfig(**{**settings, **kw})).start()
 
 
 def timed_run(eng, prompt, max_tokens: int) -> dict:
@@ -140,16 +142,23 @@ def stage_bf16(args) -> None:
     ckpt.model.fuse_projections()
     sync()
     res["init_s"] = time.perf_counter() - t0
+    engine_measurements(ckpt, res, lambda: save(args, "bf16", res))
+
+
+def engine_measurements(ckpt, res: dict, checkpoint) -> None:
+    """TTFT cold/warm and decode b1 (one engine), decode b8 (another), peak memory; `checkpoint()` saves."""
+    import torch
+
     eng = engine_for(ckpt, 1, prefix_cache_bytes=2 * 2**30)
     t0 = time.perf_counter()
     timed_run(eng, image_prompt(10_000, QUESTION), 4)  # cuBLAS/cuDNN warm-up, decode graph for short buckets
     timed_run(eng, image_prompt(10_001, QUESTION), 130)  # compiles/captures the long bucket
     res["warmup_s"] = time.perf_counter() - t0
-    save(args, "bf16", res)
+    checkpoint()
     cold = [timed_run(eng, image_prompt(seed, QUESTION), 1) for seed in (1, 2, 3)]
     res["ttft_cold_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in cold]
     res["ttft_cold_ms"] = sorted(res["ttft_cold_ms_all"])[1]
-    save(args, "bf16", res)
+    checkpoint()
     warm = [timed_run(eng, image_prompt(3, [1100 + i, 1200, 1300, 1400]), 1) for i in range(3)]
     res["ttft_warm_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in warm]
     res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"])[1]
@@ -158,7 +167,7 @@ def stage_bf16(args) -> None:
     res["decode_tok_s_b1_all"] = [128 / (r["times"][-1] - r["times"][0]) for r in runs]  # client-side
     res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
     res["decode_tok_s_b1_engine"] = eng.scheduler.stats.decode_tok_s(1)
-    save(args, "bf16", res)
+    checkpoint()
     res["prompt_tokens"] = len(image_prompt(0, QUESTION).ids)
     eng.stop()
     del eng
@@ -170,12 +179,14 @@ def stage_bf16(args) -> None:
     concurrent_runs(eng8, [image_prompt(200 + i, QUESTION) for i in range(8)], 129)
     st = eng8.scheduler.stats
     steps, secs = st.seqs_per_step[8] - before[1], st.decode_seconds[8] - before[0]
-    res["decode_tok_s_b8"] = 8 * steps / secs if secs else None  # engine-side, steps with all 8, sampling incl.
+    res["decode_tok_s_b8"] = (
+        8 * steps / secs if secs else None
+    )  # engine-side, steps with all 8, sampling incl.
     res["b8_steps"] = steps
     res["b8_mean_seqs_per_step"] = eng8.stats()["mean_seqs_per_decode_step"]
     eng8.stop()
     res["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 1e9 if DEVICE == "cuda" else None
-    save(args, "bf16", res)
+    checkpoint()
 
 
 # ------------------------------------------------------------------------------------------ check
@@ -196,11 +207,15 @@ def stage_check(args) -> None:
         torch.cuda.empty_cache()
     rows, cols = IMAGE_GRID
     with torch.inference_mode():
-        ref = hf(
-            input_ids=torch.tensor([prompt.ids], device=DEVICE),
-            pixel_values=prompt.images[0].pixels[None].to(DEVICE, torch.bfloat16),
-            image_sizes=torch.tensor([[rows * 16, cols * 16]], device=DEVICE),
-        ).logits[0, -1].float()
+        ref = (
+            hf(
+                input_ids=torch.tensor([prompt.ids], device=DEVICE),
+                pixel_values=prompt.images[0].pixels[None].to(DEVICE, torch.bfloat16),
+                image_sizes=torch.tensor([[rows * 16, cols * 16]], device=DEVICE),
+            )
+            .logits[0, -1]
+            .float()
+        )
     res["logit_rel_err_vs_transformers"] = float((ours - ref).norm() / ref.norm())
     res["top1_equal"] = bool(ours.argmax() == ref.argmax())
     res["max_abs_diff_over_max_abs"] = float((ours - ref).abs().max() / ref.abs().max())
@@ -260,7 +275,8 @@ def stage_ready_child(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--stage", choices=["limits", "peer", "bf16", "check", "ready", "ready-child"])
+    ap.add_argument("--stage", choices=["limits", "peer", "bf16", "check", "ready", "ready-child", "int8", "int4",
+                                        "int4-12g"])  # fmt: skip
     ap.add_argument("--merge", metavar="DIR")
     ap.add_argument("--out")
     ap.add_argument("--shared", default=str(ROOT / ".peer"), help="folder holding shared/bench scripts")
@@ -279,6 +295,9 @@ def main() -> None:
         "check": lambda: stage_check(args),
         "ready": lambda: stage_ready(args),
         "ready-child": lambda: stage_ready_child(args),
+        "int8": lambda: stage_quant(args, "int8", save, engine_measurements),
+        "int4": lambda: stage_quant(args, "int4", save, engine_measurements),
+        "int4-12g": lambda: stage_int4_12g(args, engine_for, timed_run),
     }
     stages[args.stage]()
 

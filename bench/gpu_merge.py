@@ -11,6 +11,7 @@ from bench.gpu_model import PIXTRAL_12B
 
 PROMPT_TOKENS = 4183
 GENERATED = 128
+STAGES = ("limits", "peer", "bf16", "check", "ready", "int8", "int4")
 
 
 def _load(d: Path, name: str) -> dict:
@@ -39,6 +40,29 @@ def ttft_flop_minimum() -> float:
     return decoder + lm_head + vision + adapter + attn_text + attn_vision
 
 
+def quant_section(s: dict, read: float | None, kv: float, obvious_tok_s: float | None) -> dict:
+    """One quantized mode: its own bytes limit (quantized weights + the same KV) and the stage's figures."""
+    weights = s.get("decoder_weight_bytes")
+    cap = s.get("cap_12gib") or {}
+    return {
+        "decode_tok_s_b1": s.get("decode_tok_s_b1"),
+        "decode_tok_s_b8": s.get("decode_tok_s_b8"),
+        "ttft_cold_ms": s.get("ttft_cold_ms"),
+        "ttft_warm_ms": s.get("ttft_warm_ms"),
+        "peak_mem_gb": s.get("peak_mem_gb"),
+        "quantize_s": s.get("quantize_s"),
+        "load_cached_s": s.get("load_cached_s"),
+        "limit_tok_s": read * 1e9 / (weights + kv) if read and weights else None,
+        "b8_ideal_ratio": 8 * (weights + kv) / (weights + 8 * kv) if weights else None,
+        "gemv_ceiling_tok_s": obvious_tok_s,
+        "logit_cosine_vs_bf16": s.get("logit_cosine_vs_bf16"),
+        "top1_agreement_vs_bf16": s.get("top1_agreement_vs_bf16"),
+        "group_size": s.get("group_size"),
+        **({"cap_12gib": {k: cap.get(k) for k in ("ok", "max_context_auto", "context_reached", "decode_tok_s",
+                                                  "ttft_ms", "peak_reserved_gib", "error")}} if cap else {}),
+    }  # fmt: skip
+
+
 def merge(d: Path) -> Path:
     limits = _load(d, "limits").get("result", {})
     peer = _load(d, "peer").get("result", {})
@@ -54,7 +78,7 @@ def merge(d: Path) -> Path:
         "provenance": {
             "git_sha": _git_sha(),
             "merged": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "commands": {n: _load(d, n).get("argv") for n in ("limits", "peer", "bf16", "check", "ready")},
+            "commands": {n: _load(d, n).get("argv") for n in STAGES},
             "torch": bf16.get("torch"),
             "context_tokens": {"prompt": PROMPT_TOKENS, "generated": GENERATED},
         },
@@ -80,8 +104,11 @@ def merge(d: Path) -> Path:
             "peak_host_rss_gb": (ready.get("child_warm") or {}).get("peak_host_rss_gb"),
             "logit_rel_err_vs_transformers": check.get("logit_rel_err_vs_transformers"),
         },
-        "stages": {n: _load(d, n) for n in ("limits", "peer", "bf16", "check", "ready")},
+        "stages": {n: _load(d, n) for n in STAGES},
     }
+    for mode, obvious in (("int8", "int8_compiled_tok_s"), ("int4", "int4_tinygemm_tok_s")):
+        if _load(d, mode):
+            out[mode] = quant_section(_load(d, mode), read, kv, limits.get(obvious))
     device = (out["device"] or "unknown").replace(" ", "-")
     path = Path(__file__).parent / "results" / f"{time.strftime('%Y-%m-%d')}-{device}.json"
     path.parent.mkdir(exist_ok=True)
@@ -121,6 +148,26 @@ def print_table(r: dict) -> None:
           f"bytes limit {_f(r['limit_tok_s'])} tok/s, GEMV ceiling {r['gemv_ceiling_tok_s']} tok/s, "
           f"transformers eager {r['transformers_eager_tok_s']} / static {r['transformers_static_tok_s']} tok/s, "
           f"TTFT {r['transformers_ttft_ms']} ms, FLOP-min TTFT {_f(r['ttft_flop_minimum_ms'])} ms")  # fmt: skip
+    for mode, b1_target in (("int8", ">= 0.65"), ("int4", ">= 0.55")):
+        q = r.get(mode)
+        if not q:
+            continue
+        rows += [
+            (f"{mode} b1 tok/s", q["decode_tok_s_b1"], f"vs its limit {_f(q['limit_tok_s'])}",
+             _ratio(q["decode_tok_s_b1"], q["limit_tok_s"]), b1_target),
+            ("", None, f"vs obvious kernel {_f(q['gemv_ceiling_tok_s'])}",
+             _ratio(q["decode_tok_s_b1"], q["gemv_ceiling_tok_s"]), ""),
+            (f"{mode} b8 tok/s", q["decode_tok_s_b8"], "b8/b1 vs ideal",
+             _ratio(_ratio(q["decode_tok_s_b8"], q["decode_tok_s_b1"]), q["b8_ideal_ratio"]), ">= 0.8"),
+            (f"{mode} TTFT cold ms", q["ttft_cold_ms"], "", None, ""),
+            (f"{mode} cosine", q["logit_cosine_vs_bf16"], "top-1 agreement", q["top1_agreement_vs_bf16"], ""),
+            (f"{mode} quantize s", q["quantize_s"], "load cached s", q["load_cached_s"], ""),
+            (f"{mode} peak GPU GB", q["peak_mem_gb"], "", None, ""),
+        ]  # fmt: skip
+        cap = q.get("cap_12gib")
+        if cap:
+            rows.append((f"{mode} 12 GiB ctx", cap.get("context_reached"), f"auto max_context {cap.get('max_context_auto')}",
+                         None, ">= 8192"))  # fmt: skip
     print(f"{'measure':18} {'value':>10}  {'ratio':24} {'':>7}  target")
     for name, value, label, ratio, target in rows:
         print(f"{name:18} {_f(value):>10}  {label:24} {_f(ratio):>7}  {target}")

@@ -22,11 +22,16 @@ def kv_bytes_per_token(model) -> int:
 
 
 def activation_reserve(model, prefill_chunk: int, n_slots: int) -> int:
-    """Peak activations of a prefill chunk (residual, q|k|v, gate|up) plus fp32 decode logits, and slack."""
+    """Peak activations of a prefill chunk (residual, q|k|v, gate|up) plus fp32 decode logits, and slack;
+    with quantized weights also the largest dequantized weight (prefill multiplies by a float copy)."""
+    from pixdesk.model.quant import QuantLinear
+
     t = model.args.text
     per_token = (6 * t.dim + 2 * t.hidden_dim) * model.dtype.itemsize
     logits = 2 * n_slots * t.vocab_size * 4
-    return 2 * prefill_chunk * per_token + logits + SLACK_BYTES
+    quantized = [m.in_features * m.out_features for m in model.modules() if isinstance(m, QuantLinear)]
+    dequantized = max(quantized, default=0) * model.dtype.itemsize
+    return 2 * prefill_chunk * per_token + logits + dequantized + SLACK_BYTES
 
 
 def auto_max_context(model, n_slots: int, *, free_bytes: int, reserved_bytes: int) -> int:
@@ -45,6 +50,13 @@ def auto_max_context(model, n_slots: int, *, free_bytes: int, reserved_bytes: in
     return tokens
 
 
+def free_device_bytes(device: torch.device) -> int:
+    """Free memory on the card, or less where this process is capped (`set_per_process_memory_fraction`)."""
+    free, total = torch.cuda.mem_get_info(device)
+    cap = torch.cuda.get_per_process_memory_fraction(device) * total
+    return int(min(free, cap - torch.cuda.memory_reserved(device)))
+
+
 def resolve_max_context(model, config) -> int:
     """The configured max_context, or (0 = "auto") what fits: free device memory on a GPU, 8192 on a CPU."""
     if config.max_context:
@@ -52,7 +64,7 @@ def resolve_max_context(model, config) -> int:
     device = model.device
     if device.type != "cuda":
         return CPU_CONTEXT
-    free, _total = torch.cuda.mem_get_info(device)
+    free = free_device_bytes(device)
     reserved = (
         activation_reserve(model, config.prefill_chunk, config.max_batch)
         + config.prefix_cache_bytes

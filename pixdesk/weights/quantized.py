@@ -86,11 +86,26 @@ def load_quantized(
         meta = {"key": entry.name, "manifest": manifest_id, "quant": spec.describe(),
                 "pixdesk": pixdesk.__version__, "checkpoint": str(files.root)}  # fmt: skip
         try:
+            prune_stale(entry.parent, str(files.root), manifest_id)
             write_entry(model, entry, meta)
             report["cache"] = str(entry)
         except OSError as exc:  # a full or read-only disk costs the next start a re-quantization, no more
             log.warning("cannot write the quantized cache %s (%s); next start quantizes again", entry, exc)
     return model, report
+
+
+def prune_stale(cache_root: Path, checkpoint: str, manifest_id: str) -> None:
+    """Delete entries of this checkpoint folder made from an older manifest (a 13 GB file each for 12B)."""
+    if not cache_root.is_dir():
+        return
+    for meta_file in cache_root.glob("*/meta.json"):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("checkpoint") == checkpoint and meta.get("manifest") != manifest_id:
+            log.info("removing stale quantized cache %s (its checkpoint changed)", meta_file.parent)
+            shutil.rmtree(meta_file.parent, ignore_errors=True)
 
 
 def _empty_quantized(files: CheckpointFiles, spec: QuantSpec) -> tuple[Pixtral, list[str]]:
@@ -138,6 +153,16 @@ def write_entry(model: nn.Module, entry: Path, meta: dict) -> None:
     tmp = entry.with_name(f"{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        _write_files(model, tmp, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(entry, ignore_errors=True)
+    tmp.rename(entry)
+
+
+def _write_files(model: nn.Module, tmp: Path, meta: dict) -> None:
     state = _state(model)
     header, offset = {}, 0
     for name, t in state.items():
@@ -157,8 +182,6 @@ def write_entry(model: nn.Module, entry: Path, meta: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     (tmp / "meta.json").write_text(json.dumps({**meta, "bytes": offset}, indent=1))
-    shutil.rmtree(entry, ignore_errors=True)
-    tmp.rename(entry)
 
 
 def _load_entry(files, entry: Path, spec: QuantSpec, dtype, device, progress: Progress | None) -> Pixtral:

@@ -1,0 +1,156 @@
+"""Weight-only int8 / int4: formats, accuracy bounds on Gaussian weights, CPU kernels, fusion, and the
+Triton decode kernels run in Triton's interpreter (CPU) when Triton is installed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixdesk.model.quant import (
+    Int4Linear,
+    Int8Linear,
+    QuantSpec,
+    concat_linears,
+    decoder_linear_names,
+    dequantize,
+    quantize_int4,
+    quantize_int8,
+    quantize_model,
+    unpack_int4,
+)
+from pixdesk.weights.tiny import random_state_dict
+
+ROOT = Path(__file__).resolve().parents[2]
+BOUNDS = {"int8": 0.999, "int4": 0.99}
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.float().flatten(), b.float().flatten(), dim=0))
+
+
+def test_int8_format_reconstructs_within_half_a_step():
+    w = torch.randn(64, 256, generator=torch.Generator().manual_seed(0))
+    q, s = quantize_int8(w)
+    assert q.dtype == torch.int8 and s.dtype == torch.float32 and q.abs().max() == 127
+    err = (q.float() * s[:, None] - w).abs()
+    assert bool((err <= s[:, None] / 2 + 1e-7).all())
+
+
+def test_int4_packs_two_nibbles_per_byte_low_first():
+    w = torch.arange(16.0).repeat(3, 8)  # every group of 16 spans 0..15, so q == w exactly
+    packed, s, m = quantize_int4(w, group=16)
+    assert packed.shape == (3, 64) and packed.dtype == torch.uint8
+    assert int(packed[0, 0]) == 0 | (1 << 4) and int(packed[0, 7]) == 14 | (15 << 4)
+    assert torch.equal(unpack_int4(packed).float(), w)
+    assert torch.allclose(s.float(), torch.ones_like(s.float())) and not m.float().any()
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 7, 40])
+def test_output_cosine_on_gaussian_weights(mode, dtype, rows):
+    g = torch.Generator().manual_seed(1)
+    w, x = torch.randn(384, 1024, generator=g), torch.randn(rows, 1024, generator=g)
+    lin = Int8Linear.from_float(w) if mode == "int8" else Int4Linear.from_float(w)
+    y = lin(x.to(dtype))
+    assert y.dtype == dtype and y.shape == (rows, 384)
+    assert cosine(y, F.linear(x, w)) >= BOUNDS[mode]
+    # the CPU kernel computes exactly the product with the dequantized weight (up to output rounding)
+    ref = F.linear(x, dequantize(lin))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert float((y.float() - ref).abs().max() / ref.abs().max()) < tol
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_every_tiny_decoder_linear_holds_the_cosine_bound(tiny_dir, mode):
+    """The tiny model's own (Gaussian) decoder weights, quantized as a load would (int4: group 16 for its
+    input sizes 48/64/96); the vision encoder stays float."""
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_dir).model
+    floats = {n: model.get_submodule(n).weight.detach().clone() for n in decoder_linear_names(model)}
+    quantize_model(model, QuantSpec(mode))
+    g = torch.Generator().manual_seed(2)
+    for name, w in floats.items():
+        lin = model.get_submodule(name)
+        assert isinstance(lin, Int8Linear if mode == "int8" else Int4Linear), name
+        x = torch.randn(5, w.shape[1], generator=g)
+        assert cosine(lin(x), F.linear(x, w)) >= BOUNDS[mode], name
+    assert isinstance(model.vision_encoder.transformer.layers[0].attention.wq, nn.Linear)
+
+
+def test_int4_group_size_follows_the_model():
+    assert QuantSpec("int4").for_inputs([5120, 4096, 14336]).group_size == 128
+    assert QuantSpec("int4").for_inputs([48, 64, 96]).group_size == 16
+    with pytest.raises(ValueError, match="multiples of 16"):
+        QuantSpec("int4").for_inputs([40])
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_fused_projection_equals_the_separate_ones(mode):
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(n, 256, generator=g) for n in (64, 32, 32)]
+    mods = [Int8Linear.from_float(w) if mode == "int8" else Int4Linear.from_float(w) for w in parts]
+    x = torch.randn(3, 256, generator=g)
+    fused = concat_linears(mods)
+    assert torch.allclose(fused(x), torch.cat([m(x) for m in mods], dim=-1), atol=1e-5)
+
+
+def test_state_dict_of_a_quantized_linear_is_its_format():
+    lin = Int4Linear.from_float(torch.randn(32, 256))
+    assert {k: v.dtype for k, v in lin.state_dict().items()} == {
+        "qweight": torch.uint8, "scales": torch.bfloat16, "mins": torch.bfloat16}  # fmt: skip
+
+
+KERNEL_CHECK = textwrap.dedent(
+    """
+    import torch
+    from pixdesk.model import quant, quant_triton as qt
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for rows in (1, 3, 16):
+        for n, k in ((48, 256), (40, 384)):
+            w = torch.randn(n, k, generator=g)
+            x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+            for lin in (quant.Int8Linear.from_float(w), quant.Int4Linear.from_float(w)):
+                ref = x.float() @ quant.dequantize(lin).T
+                if isinstance(lin, quant.Int8Linear):
+                    y = qt.int8_gemv(x, lin.qweight, lin.scales)
+                else:
+                    y = qt.int4_gemv(x, lin.qweight, lin.scales, lin.mins, 128)
+                    d = qt.int4_dequantize(lin.qweight, lin.scales, lin.mins, 128, torch.float32)
+                    assert torch.equal(d, quant.dequantize(lin))
+                assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+                worst = max(worst, float((y.float() - ref).abs().max() / ref.abs().max()))
+    assert worst < 1.5e-2, worst
+    print("ok", worst)
+    """
+)
+
+
+def test_triton_kernels_in_the_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", KERNEL_CHECK]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("ok")
+
+
+def test_random_state_dict_is_untouched_by_quantization():
+    """Quantizing a model never writes into the float tensors it was given (they may be shared)."""
+    from pixdesk.weights.tiny import TINY_ARGS
+
+    state = random_state_dict(TINY_ARGS, seed=5)
+    before = state["layers.0.attention.wq.weight"].clone()
+    w = state["layers.0.attention.wq.weight"]
+    Int8Linear.from_float(w), Int4Linear.from_float(w, 16)
+    assert torch.equal(before, w)
