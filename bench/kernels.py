@@ -1,0 +1,111 @@
+"""Kernel-level decode figures on a GPU, each a chain over Pixtral-12B's 40 layers captured in a CUDA graph:
+
+- the decoder's 161 linears (fused q|k|v, wo, fused gate|up, down; LM head) with our int8 / int4 kernels at
+  1 and 8 rows, against the bytes they read;
+- decode attention at the 4,352-position bucket for 1 and 8 slots: the matmul form (`gqa_decode`) and the
+  multiply-reduce form (`gqa_decode_reduce`), each compiled as the static step compiles it.
+
+    PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+SHAPES = [(6144, 5120), (5120, 4096), (28672, 5120), (5120, 14336)] * 40 + [(131072, 5120)]
+
+
+def graph_time(fn, iters: int = 20) -> float:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    g.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        g.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters
+
+
+def linear_chains(res: dict) -> None:
+    from pixdesk.model.quant import Int4Linear, Int8Linear
+
+    for mode, cls in (("int8", Int8Linear), ("int4", Int4Linear)):
+        mods = []
+        for n, k in SHAPES:
+            w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
+            mods.append(cls.from_float(w))
+            del w
+        nbytes = sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
+        for rows in (1, 8):
+            xs = {k: torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 5120, 14336)}
+            t = graph_time(lambda: [m(xs[m.in_features]) for m in mods])  # noqa: B023
+            res[f"{mode}_chain_rows{rows}_ms"] = t * 1e3
+            res[f"{mode}_chain_rows{rows}_GBps"] = nbytes / t / 1e9
+        res[f"{mode}_weight_GB"] = nbytes / 1e9
+        from pixdesk.model import quant_triton
+
+        kernel = quant_triton._int8_gemv if mode == "int8" else quant_triton._int4_gemv
+        res[f"{mode}_configs"] = {str(k): str(v) for k, v in kernel.cache.items()}
+        print(json.dumps(res), flush=True)
+        del mods
+        torch.cuda.empty_cache()
+
+
+def attention(res: dict) -> None:
+    from pixdesk.model.layers import gqa_decode, gqa_decode_reduce
+
+    S, T, Hkv, D, H = 4352, 4353, 8, 128, 32
+    for slots in (1, 8):
+        ks = [torch.randn(slots, T, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(40)]
+        vs = [torch.randn(slots, T, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(40)]
+        q = torch.randn(slots, 1, H, D, device="cuda", dtype=torch.bfloat16)
+        pos = torch.full((slots,), 4300, device="cuda")
+        key_pos = torch.arange(S, device="cuda")
+        for name, fn in (("matmul", gqa_decode), ("reduce", gqa_decode_reduce)):
+            step = torch.compile(
+                lambda q, key_pos, pos, fn=fn: [fn(q, k[:, : key_pos.shape[0]], v[:, : key_pos.shape[0]],  # noqa: B023
+                                                   key_pos[None, :] <= pos[:, None]) for k, v in zip(ks, vs)],
+                fullgraph=True,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            step(q, key_pos, pos)
+            res[f"attn_{name}_slots{slots}_compile_s"] = time.perf_counter() - t0
+            t = graph_time(lambda step=step: step(q, key_pos, pos))
+            res[f"attn_{name}_slots{slots}_ms"] = t * 1e3
+            res[f"attn_{name}_slots{slots}_GBps"] = 2 * 40 * slots * S * Hkv * D * 2 / t / 1e9
+            print(json.dumps(res), flush=True)
+        del ks, vs
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
+    import triton
+
+    res["triton"] = triton.__version__
+    out = Path(os.environ.get("OUT", "bench-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    for part in (attention, linear_chains):
+        try:
+            part(res)
+        except Exception as exc:  # report and go on: one broken part must not hide the other
+            res[f"{part.__name__}_error"] = repr(exc)[:1000]
+        (out / "kernels.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
