@@ -51,7 +51,7 @@ def linear_chains(res: dict) -> None:
         nbytes = sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
         for rows in (1, 8):
             xs = {k: torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 5120, 14336)}
-            t = graph_time(lambda: [m(xs[m.in_features]) for m in mods])  # noqa: B023
+            t = graph_time(chain(mods, xs))
             res[f"{mode}_chain_rows{rows}_ms"] = t * 1e3
             res[f"{mode}_chain_rows{rows}_GBps"] = nbytes / t / 1e9
         res[f"{mode}_weight_GB"] = nbytes / 1e9
@@ -60,8 +60,21 @@ def linear_chains(res: dict) -> None:
         kernel = quant_triton._int8_gemv if mode == "int8" else quant_triton._int4_gemv
         res[f"{mode}_configs"] = {str(k): str(v) for k, v in kernel.cache.items()}
         print(json.dumps(res), flush=True)
-        del mods
+        mods.clear()
         torch.cuda.empty_cache()
+
+
+def chain(mods, xs):
+    return lambda: [m(xs[m.in_features]) for m in mods]
+
+
+def attention_step(fn, ks, vs):
+    def step(q, key_pos, pos):
+        mask = key_pos[None, :] <= pos[:, None]
+        n = key_pos.shape[0]
+        return [fn(q, k[:, :n], v[:, :n], mask) for k, v in zip(ks, vs)]
+
+    return torch.compile(step, fullgraph=True)
 
 
 def attention(res: dict) -> None:
@@ -75,19 +88,16 @@ def attention(res: dict) -> None:
         pos = torch.full((slots,), 4300, device="cuda")
         key_pos = torch.arange(S, device="cuda")
         for name, fn in (("matmul", gqa_decode), ("reduce", gqa_decode_reduce)):
-            step = torch.compile(
-                lambda q, key_pos, pos, fn=fn: [fn(q, k[:, : key_pos.shape[0]], v[:, : key_pos.shape[0]],  # noqa: B023
-                                                   key_pos[None, :] <= pos[:, None]) for k, v in zip(ks, vs)],
-                fullgraph=True,
-            )  # fmt: skip
+            step = attention_step(fn, ks, vs)
             t0 = time.perf_counter()
             step(q, key_pos, pos)
             res[f"attn_{name}_slots{slots}_compile_s"] = time.perf_counter() - t0
-            t = graph_time(lambda step=step: step(q, key_pos, pos))
+            t = graph_time(lambda step=step, q=q, key_pos=key_pos, pos=pos: step(q, key_pos, pos))
             res[f"attn_{name}_slots{slots}_ms"] = t * 1e3
             res[f"attn_{name}_slots{slots}_GBps"] = 2 * 40 * slots * S * Hkv * D * 2 / t / 1e9
             print(json.dumps(res), flush=True)
-        del ks, vs
+        ks.clear()
+        vs.clear()
         torch.cuda.empty_cache()
 
 

@@ -125,7 +125,9 @@ def gqa_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
     return out.reshape(B, 1, H, D)
 
 
-def gqa_decode_reduce(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def gqa_decode_reduce(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
     """`gqa_decode` as multiply-and-sum over the cache's own (B, S, Hkv, D) layout, in fp32.
 
     Under torch.compile each sum becomes one reduction kernel that reads K (or V) once in place; the matmul
