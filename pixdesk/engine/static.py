@@ -17,26 +17,56 @@ from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
 
 
-class StaticView:
-    """KV view for the static step: writes row i at positions[i], reads keys [0, bucket) of every slot."""
+def _kernel_available(device: torch.device) -> bool:
+    """The decode-attention kernel needs CUDA and Triton (CUDA builds of torch ship it)."""
+    if device.type != "cuda":
+        return False
+    try:
+        import pixdesk.engine.decode_attention  # noqa: F401  (registers pixdesk::decode_attention)
+    except ImportError:
+        return False
+    return True
 
-    def __init__(self, cache: KVCache, positions: torch.Tensor, key_pos: torch.Tensor):
-        self.cache, self.positions, self.bucket = cache, positions, key_pos.shape[0]
+
+class StaticView:
+    """KV view for the static step: writes row i at positions[i], reads keys [0, bucket) of every slot.
+
+    `kernel`: the split-key Triton kernel (engine/decode_attention.py) reads the cache in place; otherwise
+    the matmul form with a mask (CPU, or a GPU without Triton).
+    """
+
+    def __init__(self, cache: KVCache, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool = False):
+        self.cache, self.positions, self.bucket, self.kernel = cache, positions, key_pos.shape[0], kernel
         self.rows = torch.arange(cache.n_slots, device=positions.device)
-        self.mask = key_pos[None, :] <= positions[:, None]  # (n_slots, bucket)
+        if kernel:
+            self.lengths = positions + 1  # (n_slots,)
+        else:
+            self.mask = key_pos[None, :] <= positions[:, None]  # (n_slots, bucket)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         kc, vc = self.cache.k[layer], self.cache.v[layer]
         kc[self.rows, self.positions] = k[:, 0]
         vc[self.rows, self.positions] = v[:, 0]
+        if self.kernel:
+            out = torch.ops.pixdesk.decode_attention(q[:, 0], kc, vc, self.lengths, self.bucket)  # (B, H, D)
+            return out[:, None]
         return gqa_decode(q, kc[:, : self.bucket], vc[:, : self.bucket], self.mask)
 
 
 class StaticDecoder:
-    def __init__(self, model, cache: KVCache, *, compile: bool | None = None, bucket_size: int = 512):
+    def __init__(
+        self,
+        model,
+        cache: KVCache,
+        *,
+        compile: bool | None = None,
+        bucket_size: int = 512,
+        kernel: bool | None = None,
+    ):
         self.model, self.cache, self.bucket_size = model, cache, bucket_size
         device = cache.device
         self.compile = device.type == "cuda" if compile is None else compile
+        self.kernel = _kernel_available(device) if kernel is None else kernel
         self.tokens = torch.zeros(cache.n_slots, dtype=torch.long, device=device)
         self.positions = torch.full((cache.n_slots,), cache.scratch_position, dtype=torch.long, device=device)
         self.key_pos: dict[int, torch.Tensor] = {}
@@ -57,7 +87,7 @@ class StaticDecoder:
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
         h = self.model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
-        out = self.model(h, positions[:, None], StaticView(self.cache, positions, key_pos))
+        out = self.model(h, positions[:, None], StaticView(self.cache, positions, key_pos, self.kernel))
         return self.model.logits(out[:, 0])  # (n_slots, V) fp32
 
     def _function(self):

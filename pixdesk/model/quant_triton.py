@@ -89,43 +89,58 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: t
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=_configs((16, 32, 64, 128), (0,)), **_TUNE)
+@triton.autotune(configs=_configs((16, 32, 64), (2, 4, 8)), **_TUNE)
 @triton.jit
 def _int4_gemv(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, G: tl.constexpr, MB: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    # BLOCK_K is unused (one group per iteration); it keeps the config shape of the int8 kernel.
+    # BLOCK_K counts groups per iteration here: BLOCK_N x BLOCK_K x G/2 bytes per load.
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     HALF: tl.constexpr = G // 2
-    rj0 = tl.arange(0, HALF)  # byte index inside the group
     KB, NG = K // 2, K // G
+    rg0 = tl.arange(0, BLOCK_K)
+    rj = tl.arange(0, HALF)  # byte index inside a group
     if MB == 1:
+        # (BLOCK_N, groups, bytes) tiles: a group's scale and min are one value per row and group.
         acc = tl.zeros((BLOCK_N,), tl.float32)
-        for g in range(0, NG):
-            rj = g * HALF + rj0
-            b = tl.load(w_ptr + rn[:, None] * KB + rj[None, :], mask=n_ok[:, None], other=0)
-            xe = tl.load(x_ptr + 2 * rj).to(tl.float32)
-            xo = tl.load(x_ptr + 2 * rj + 1).to(tl.float32)
+        for g0 in range(0, NG, BLOCK_K):
+            rg = g0 + rg0
+            g_ok = rg < NG
+            ok3 = n_ok[:, None, None] & g_ok[None, :, None]
+            w_off = rn[:, None, None] * KB + rg[None, :, None] * HALF + rj[None, None, :]
+            b = tl.load(w_ptr + w_off, mask=ok3, other=0)
+            xk = rg[:, None] * G + 2 * rj[None, :]  # (groups, bytes): k of the low nibble
+            xe = tl.load(x_ptr + xk, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xo = tl.load(x_ptr + xk + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
             lo, hi = (b & 0xF).to(tl.float32), (b >> 4).to(tl.float32)
-            qx = tl.sum(lo * xe[None, :] + hi * xo[None, :], axis=1)
-            s = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
-            m = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
-            acc += s * qx + m * (tl.sum(xe, axis=0) + tl.sum(xo, axis=0))
+            qx = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # (BLOCK_N, groups)
+            sm_off = rn[:, None] * NG + rg[None, :]
+            ok2 = n_ok[:, None] & g_ok[None, :]
+            sc = tl.load(s_ptr + sm_off, mask=ok2, other=0.0).to(tl.float32)
+            mn = tl.load(m_ptr + sm_off, mask=ok2, other=0.0).to(tl.float32)
+            xs = tl.sum(xe + xo, axis=1)  # (groups,)
+            acc += tl.sum(sc * qx + mn * xs[None, :], axis=1)
         tl.store(y_ptr + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
     else:
+        # Dequantize a (BLOCK_N, BLOCK_K x G/2) byte tile to bf16 (scales gathered per byte from L1), then
+        # two tensor-core products: even k with the low nibbles, odd k with the high ones.
         rm = tl.arange(0, MB)
         m_ok = rm < M
+        rb = tl.arange(0, BLOCK_K * HALF)
         acc = tl.zeros((MB, BLOCK_N), tl.float32)
-        for g in range(0, NG):
-            rj = g * HALF + rj0
-            b = tl.load(w_ptr + rn[:, None] * KB + rj[None, :], mask=n_ok[:, None], other=0)
-            xe = tl.load(x_ptr + rm[:, None] * K + 2 * rj[None, :], mask=m_ok[:, None], other=0.0)
-            xo = tl.load(x_ptr + rm[:, None] * K + 2 * rj[None, :] + 1, mask=m_ok[:, None], other=0.0)
-            qx = _dot_t(xe, b & 0xF) + _dot_t(xo, b >> 4)  # (MB, BLOCK_N)
-            xs = tl.sum(xe.to(tl.float32), axis=1) + tl.sum(xo.to(tl.float32), axis=1)  # (MB,)
-            s = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
-            m = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
-            acc += qx * s[None, :] + xs[:, None] * m[None, :]
+        for j0 in range(0, KB, BLOCK_K * HALF):
+            rjj = j0 + rb
+            j_ok = rjj < KB
+            ok = n_ok[:, None] & j_ok[None, :]
+            b = tl.load(w_ptr + rn[:, None] * KB + rjj[None, :], mask=ok, other=0)
+            sm_off = rn[:, None] * NG + (rjj // HALF)[None, :]
+            sc = tl.load(s_ptr + sm_off, mask=ok, other=0.0).to(tl.float32)
+            mn = tl.load(m_ptr + sm_off, mask=ok, other=0.0).to(tl.float32)
+            x_ok = m_ok[:, None] & j_ok[None, :]
+            xe = tl.load(x_ptr + rm[:, None] * K + 2 * rjj[None, :], mask=x_ok, other=0.0)
+            xo = tl.load(x_ptr + rm[:, None] * K + 2 * rjj[None, :] + 1, mask=x_ok, other=0.0)
+            w_lo, w_hi = (b & 0xF).to(tl.float32) * sc + mn, (b >> 4).to(tl.float32) * sc + mn
+            acc += _dot_t(xe, w_lo) + _dot_t(xo, w_hi)
         out = acc.to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
 
