@@ -58,8 +58,12 @@ def linear_chains(res: dict) -> None:
         res[f"{mode}_weight_GB"] = nbytes / 1e9
         from pixdesk.model import quant_triton
 
-        kernel = quant_triton._int8_gemv if mode == "int8" else quant_triton._int4_gemv
-        res[f"{mode}_configs"] = {str(k): str(v) for k, v in kernel.cache.items()}
+        kernels = (
+            [quant_triton._int8_gemv]
+            if mode == "int8"
+            else [quant_triton._int4_gemv1, quant_triton._int4_gemv_rows]
+        )
+        res[f"{mode}_configs"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
         print(json.dumps(res), flush=True)
         mods.clear()
         torch.cuda.empty_cache()

@@ -57,26 +57,45 @@ def _configs(block_ns, block_ks, warps=(4, 8), stages=(3, 4)):
     ]  # fmt: skip
 
 
-@triton.autotune(configs=_configs((16, 32, 64), (256, 512)), **_TUNE)
+@triton.jit
+def _byte_values(word, i: tl.constexpr):
+    """Byte i of int32 words holding int8 weights -> fp32, with integer ops and one add: (byte ^ 0x80) sits in
+    the mantissa of 2^23 (0x4B000000), so the bits read as 2^23 + 128 + q; int-to-float conversions run at
+    a quarter of the FMA rate and would bound the kernel below the memory bandwidth."""
+    return (((word >> (8 * i)) & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+
+
+@triton.jit
+def _nibble_values(word, i: tl.constexpr):
+    """Nibble i (weight k = 8w + i) of int32 words holding packed int4 -> fp32 in 0..15, the same way."""
+    return (((word >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.autotune(configs=_configs((16, 32, 64), (512, 1024)), **_TUNE)
 @triton.jit
 def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr):  # fmt: skip
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
-    rk0 = tl.arange(0, BLOCK_K)
     if MB == 1:
-        acc = tl.zeros((BLOCK_N,), tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            rk = k0 + rk0
-            k_ok = rk < K
-            w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0)
-            x = tl.load(x_ptr + rk, mask=k_ok, other=0.0).to(tl.float32)
-            acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
+        # Weights read as int32 words (4 per word); products accumulate elementwise, one reduction at the end.
+        KW = K // 4
+        w32 = w_ptr.to(tl.pointer_type(tl.int32))
+        rw0 = tl.arange(0, BLOCK_K // 4)
+        acc = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
+        for w0 in range(0, KW, BLOCK_K // 4):
+            rw = w0 + rw0
+            w_ok = rw < KW
+            word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
+            for i in tl.static_range(4):
+                xi = tl.load(x_ptr + 4 * rw + i, mask=w_ok, other=0.0).to(tl.float32)
+                acc += _byte_values(word, i) * xi[None, :]
         s = tl.load(s_ptr + rn, mask=n_ok, other=0.0)
-        tl.store(y_ptr + rn, (acc * s).to(y_ptr.dtype.element_ty), mask=n_ok)
+        tl.store(y_ptr + rn, (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty), mask=n_ok)
     else:
         rm = tl.arange(0, MB)
         m_ok = rm < M
+        rk0 = tl.arange(0, BLOCK_K)
         acc = tl.zeros((MB, BLOCK_N), tl.float32)
         for k0 in range(0, K, BLOCK_K):
             rk = k0 + rk0
@@ -91,58 +110,66 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: t
 
 @triton.autotune(configs=_configs((16, 32, 64), (2, 4, 8)), **_TUNE)
 @triton.jit
-def _int4_gemv(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, G: tl.constexpr, MB: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
-    # BLOCK_K counts groups per iteration here: BLOCK_N x BLOCK_K x G/2 bytes per load.
+def _int4_gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, MB: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """One row. Tiles (BLOCK_N, BLOCK_K groups, G/8 words): a group's scale and min are one value per row
+    and group, applied elementwise; one reduction at the end."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
-    HALF: tl.constexpr = G // 2
-    KB, NG = K // 2, K // G
-    rg0 = tl.arange(0, BLOCK_K)
-    rj = tl.arange(0, HALF)  # byte index inside a group
-    if MB == 1:
-        # (BLOCK_N, groups, bytes) tiles: a group's scale and min are one value per row and group.
-        acc = tl.zeros((BLOCK_N,), tl.float32)
-        for g0 in range(0, NG, BLOCK_K):
-            rg = g0 + rg0
-            g_ok = rg < NG
-            ok3 = n_ok[:, None, None] & g_ok[None, :, None]
-            w_off = rn[:, None, None] * KB + rg[None, :, None] * HALF + rj[None, None, :]
-            b = tl.load(w_ptr + w_off, mask=ok3, other=0)
-            xk = rg[:, None] * G + 2 * rj[None, :]  # (groups, bytes): k of the low nibble
-            xe = tl.load(x_ptr + xk, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            xo = tl.load(x_ptr + xk + 1, mask=g_ok[:, None], other=0.0).to(tl.float32)
-            lo, hi = (b & 0xF).to(tl.float32), (b >> 4).to(tl.float32)
-            qx = tl.sum(lo * xe[None, :, :] + hi * xo[None, :, :], axis=2)  # (BLOCK_N, groups)
-            sm_off = rn[:, None] * NG + rg[None, :]
-            ok2 = n_ok[:, None] & g_ok[None, :]
-            sc = tl.load(s_ptr + sm_off, mask=ok2, other=0.0).to(tl.float32)
-            mn = tl.load(m_ptr + sm_off, mask=ok2, other=0.0).to(tl.float32)
-            xs = tl.sum(xe + xo, axis=1)  # (groups,)
-            acc += tl.sum(sc * qx + mn * xs[None, :], axis=1)
-        tl.store(y_ptr + rn, acc.to(y_ptr.dtype.element_ty), mask=n_ok)
-    else:
-        # Dequantize a (BLOCK_N, BLOCK_K x G/2) byte tile to bf16 (scales gathered per byte from L1), then
-        # two tensor-core products: even k with the low nibbles, odd k with the high ones.
-        rm = tl.arange(0, MB)
-        m_ok = rm < M
-        rb = tl.arange(0, BLOCK_K * HALF)
-        acc = tl.zeros((MB, BLOCK_N), tl.float32)
-        for j0 in range(0, KB, BLOCK_K * HALF):
-            rjj = j0 + rb
-            j_ok = rjj < KB
-            ok = n_ok[:, None] & j_ok[None, :]
-            b = tl.load(w_ptr + rn[:, None] * KB + rjj[None, :], mask=ok, other=0)
-            sm_off = rn[:, None] * NG + (rjj // HALF)[None, :]
-            sc = tl.load(s_ptr + sm_off, mask=ok, other=0.0).to(tl.float32)
-            mn = tl.load(m_ptr + sm_off, mask=ok, other=0.0).to(tl.float32)
-            x_ok = m_ok[:, None] & j_ok[None, :]
-            xe = tl.load(x_ptr + rm[:, None] * K + 2 * rjj[None, :], mask=x_ok, other=0.0)
-            xo = tl.load(x_ptr + rm[:, None] * K + 2 * rjj[None, :] + 1, mask=x_ok, other=0.0)
-            w_lo, w_hi = (b & 0xF).to(tl.float32) * sc + mn, (b >> 4).to(tl.float32) * sc + mn
-            acc += _dot_t(xe, w_lo) + _dot_t(xo, w_hi)
-        out = acc.to(y_ptr.dtype.element_ty)
-        tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
+    W: tl.constexpr = G // 8  # int32 words per group
+    KW, NG = K // 8, K // G
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    rg0, rw = tl.arange(0, BLOCK_K), tl.arange(0, W)
+    acc = tl.zeros((BLOCK_N, BLOCK_K, W), tl.float32)
+    for g0 in range(0, NG, BLOCK_K):
+        rg = g0 + rg0
+        g_ok = rg < NG
+        word = tl.load(w32 + rn[:, None, None] * KW + rg[None, :, None] * W + rw[None, None, :],
+                       mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)  # fmt: skip
+        xk = rg[:, None] * G + 8 * rw[None, :]  # (groups, words): k of nibble 0
+        qx = tl.zeros((BLOCK_N, BLOCK_K, W), tl.float32)
+        xs = tl.zeros((BLOCK_K, W), tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x_ptr + xk + i, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            qx += _nibble_values(word, i) * xi[None, :, :]
+            xs += xi
+        sm_off = rn[:, None] * NG + rg[None, :]
+        ok2 = n_ok[:, None] & g_ok[None, :]
+        sc = tl.load(s_ptr + sm_off, mask=ok2, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + sm_off, mask=ok2, other=0.0).to(tl.float32)
+        acc += sc[:, :, None] * qx + mn[:, :, None] * xs[None, :, :]
+    out = tl.sum(tl.sum(acc, axis=2), axis=1)
+    tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.autotune(configs=_configs((16, 32, 64), (0,)), **_TUNE)
+@triton.jit
+def _int4_gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, G: tl.constexpr, MB: tl.constexpr,
+                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """2..16 rows (MB, a power of two >= M). One group per step; each dequantized weight feeds MB FMAs
+    (tiles (MB, BLOCK_N, G/8 words)), so the weight bytes are read once for all rows."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    W: tl.constexpr = G // 8
+    KW, NG = K // 8, K // G
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    rm, rw = tl.arange(0, MB), tl.arange(0, W)
+    m_ok = rm < M
+    acc = tl.zeros((MB, BLOCK_N, W), tl.float32)
+    for g in range(0, NG):
+        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=n_ok[:, None], other=0)  # (BN, W)
+        qx = tl.zeros((MB, BLOCK_N, W), tl.float32)
+        xs = tl.zeros((MB, W), tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x_ptr + rm[:, None] * K + g * G + 8 * rw[None, :] + i, mask=m_ok[:, None], other=0.0)
+            xi = xi.to(tl.float32)  # (MB, W)
+            qx += _nibble_values(word, i)[None, :, :] * xi[:, None, :]
+            xs += xi
+        sc = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)
+        acc += sc[None, :, None] * qx + mn[None, :, None] * xs[:, None, :]
+    out = tl.sum(acc, axis=2).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -161,9 +188,9 @@ def _int4_dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, BLOCK_N: tl
     tl.store(dst + 1, ((b >> 4).to(tl.float32) * s + m).to(y_ptr.dtype.element_ty), mask=n_ok[:, None])
 
 
-def _row_block(M: int) -> int:
-    if M > 16:
-        raise ValueError(f"the GEMV kernels take at most 16 rows, got {M}")
+def _row_block(M: int, K: int) -> int:
+    if M > 16 or K % 8:
+        raise ValueError(f"the GEMV kernels take at most 16 rows and K a multiple of 8, got {M} x {K}")
     return 1 if M == 1 else 16
 
 
@@ -173,7 +200,7 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     N = qweight.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _int8_gemv[grid](x, qweight, scales, y, M, N, K, MB=_row_block(M))
+    _int8_gemv[grid](x, qweight, scales, y, M, N, K, MB=_row_block(M, K))
     return y
 
 
@@ -183,7 +210,10 @@ def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:
     N = qweight.shape[0]
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _int4_gemv[grid](x, qweight, scales, mins, y, M, N, K, G=group, MB=_row_block(M))
+    if _row_block(M, K) == 1:
+        _int4_gemv1[grid](x, qweight, scales, mins, y, N, K, G=group, MB=1)
+    else:
+        _int4_gemv_rows[grid](x, qweight, scales, mins, y, M, N, K, G=group, MB=triton.next_power_of_2(M))
     return y
 
 

@@ -116,8 +116,8 @@ KERNEL_CHECK = textwrap.dedent(
     from pixdesk.model import quant, quant_triton as qt
     g = torch.Generator().manual_seed(0)
     worst = 0.0
-    for rows in (1, 3, 16):
-        for n, k in ((48, 256), (40, 384)):
+    for rows in (1, 3, 8, 16):
+        for n, k in ((48, 256), (40, 384), (24, 1280)):
             w = torch.randn(n, k, generator=g)
             x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
             for lin in (quant.Int8Linear.from_float(w), quant.Int4Linear.from_float(w)):
