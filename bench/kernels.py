@@ -41,36 +41,52 @@ def graph_time(fn, iters: int = 20) -> float:
 
 
 def linear_chains(res: dict) -> None:
-    from pixdesk.model.quant import Int4Linear, Int8Linear
+    """int8 (our Triton GEMV), int4 as served (tinygemm after prepare_for_device), int4 through our Triton
+    GEMV on the canonical layout; plus a check of each against the dequantized weight."""
+    from pixdesk.model import quant_triton
+    from pixdesk.model.quant import Int4Linear, Int8Linear, dequantize, prepare_for_device
 
-    for mode, cls in (("int8", Int8Linear), ("int4", Int4Linear)):
+    for mode in ("int8", "int4", "int4_triton"):
+        cls = Int8Linear if mode == "int8" else Int4Linear
         mods = []
         for n, k in SHAPES:
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
             mods.append(cls.from_float(w))
             del w
+        x = torch.randn(3, 5120, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ dequantize(mods[0]).T
+        if mode == "int4":
+            for m in mods:
+                prepare_for_device(m)
         nbytes = sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
+        nbytes += sum(
+            t.numel() * t.element_size() for m in mods for t in (getattr(m, "cuda_pack", None) or ())
+        )
+        fn = mods[0] if mode != "int4_triton" else triton_int4(mods[0])
+        res[f"{mode}_check_rel_err"] = float((fn(x).float() - ref).abs().max() / ref.abs().max())
         for rows in (1, 8):
             xs = {k: torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 5120, 14336)}
-            t = graph_time(chain(mods, xs))
+            t = graph_time(chain(mods, xs, mode == "int4_triton"))
             res[f"{mode}_chain_rows{rows}_ms"] = t * 1e3
             res[f"{mode}_chain_rows{rows}_GBps"] = nbytes / t / 1e9
         res[f"{mode}_weight_GB"] = nbytes / 1e9
-        from pixdesk.model import quant_triton
-
-        kernels = (
-            [quant_triton._int8_gemv]
-            if mode == "int8"
-            else [quant_triton._int4_gemv1, quant_triton._int4_gemv_rows]
-        )
+        kernels = {"int8": [quant_triton._int8_gemv], "int4_triton": [quant_triton._int4_gemv1,
+                   quant_triton._int4_gemv_rows]}.get(mode, [])  # fmt: skip
         res[f"{mode}_configs"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
         print(json.dumps(res), flush=True)
         mods.clear()
         torch.cuda.empty_cache()
 
 
-def chain(mods, xs):
-    return lambda: [m(xs[m.in_features]) for m in mods]
+def triton_int4(m):
+    from pixdesk.model import quant_triton
+
+    return lambda x: quant_triton.int4_gemv(x, m.qweight, m.scales, m.mins, m.group_size)
+
+
+def chain(mods, xs, triton_int4_path: bool = False):
+    fns = [triton_int4(m) if triton_int4_path else m for m in mods]
+    return lambda: [f(xs[m.in_features]) for f, m in zip(fns, mods)]
 
 
 def attention_step(name, ks, vs):

@@ -52,6 +52,7 @@ def auto_max_context(model, n_slots: int, *, free_bytes: int, reserved_bytes: in
 
 def free_device_bytes(device: torch.device) -> int:
     """Free memory on the card, or less where this process is capped (`set_per_process_memory_fraction`)."""
+    torch.cuda.empty_cache()  # blocks freed while loading and fusing stay reserved otherwise
     free, total = torch.cuda.mem_get_info(device)
     cap = torch.cuda.get_per_process_memory_fraction(device) * total
     return int(min(free, cap - torch.cuda.memory_reserved(device)))

@@ -14,6 +14,7 @@ from torch import nn
 from pixdesk.errors import ImageTokenMismatch
 from pixdesk.model.args import ModelArgs
 from pixdesk.model.layers import RMSNorm, TransformerBlock
+from pixdesk.model.quant import prepare_for_device
 from pixdesk.model.rope import rope_tables, text_angles
 from pixdesk.model.vision import VisionEncoder, VisionLanguageAdapter
 
@@ -44,7 +45,7 @@ class Pixtral(nn.Module):
         for layer in self.layers:
             layer.attention.fuse()
             layer.feed_forward.fuse()
-        return self
+        return prepare_for_device(self)
 
     @property
     def dtype(self) -> torch.dtype:

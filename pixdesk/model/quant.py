@@ -121,6 +121,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("scales", torch.empty(out_features, groups, dtype=bf16, device=device))
         self.register_buffer("mins", torch.empty(out_features, groups, dtype=bf16, device=device))
         self.cpu_pack: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU kernel's own layout
+        self.cuda_pack: tuple[torch.Tensor, torch.Tensor] | None = None  # tinygemm's layout, replaces buffers
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = INT4_GROUP) -> Int4Linear:
@@ -128,7 +129,20 @@ class Int4Linear(nn.Module):
         m.qweight, m.scales, m.mins = quantize_int4(w, group_size)
         return m
 
+    def to_tinygemm(self) -> None:
+        """On CUDA: repack for torch's tinygemm kernel and drop the canonical buffers (no second copy).
+
+        Measured on an H200 (bench/kernels.py, the decoder's 161 linears in one CUDA graph): tinygemm 3.6 ms
+        per token at one row against 5.2 ms for our Triton int4 GEMV, and it keeps its speed at 8 rows.
+        """
+        if self.cuda_pack is None:
+            self.cuda_pack = quant_ops.int4_cuda_pack(self.qweight, self.scales, self.mins)
+            empty = torch.empty(0, dtype=torch.uint8, device=self.qweight.device)
+            self.qweight, self.scales, self.mins = empty, empty, empty
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cuda_pack is not None:
+            return quant_ops.int4_linear_tinygemm(x, *self.cuda_pack, self.group_size, self.out_features)
         if x.device.type == "cpu" and self.group_size not in quant_ops.CPU_INT4_GROUPS:
             return torch.nn.functional.linear(x, dequantize(self).to(x.dtype))  # tiny test models only
         if x.device.type == "cpu":
@@ -210,6 +224,18 @@ def quantize_model(model: nn.Module, spec: QuantSpec, progress=None) -> nn.Modul
 
 
 def quantized_bytes(model: nn.Module) -> int:
-    """Bytes held by the quantized linears (weights, scales and minimums)."""
-    return sum(b.numel() * b.element_size() for m in model.modules() if isinstance(m, QuantLinear)
-               for b in m.buffers(recurse=False))  # fmt: skip
+    """Bytes held by the quantized linears (weights, scales and minimums, in whichever layout)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            total += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
+            total += sum(t.numel() * t.element_size() for t in (getattr(m, "cuda_pack", None) or ()))
+    return total
+
+
+def prepare_for_device(model: nn.Module) -> nn.Module:
+    """After loading (and fusing): give each quantized linear the layout its device's kernels read."""
+    for m in model.modules():
+        if isinstance(m, Int4Linear) and m.qweight.is_cuda and quant_ops.tinygemm_fits(m):
+            m.to_tinygemm()
+    return model

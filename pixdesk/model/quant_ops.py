@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 DECODE_ROWS = 16  # at most this many rows take the GEMV kernels
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
+TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -96,3 +97,25 @@ def int4_cpu_pack(
 def int4_linear_cpu(x, packed, sz, group: int, out_features: int) -> torch.Tensor:
     out = torch.ops.aten._weight_int4pack_mm_for_cpu(_rows(x).contiguous(), packed, group, sz)
     return out.reshape(*x.shape[:-1], out_features)
+
+
+def tinygemm_fits(m) -> bool:
+    """tinygemm's CUDA kernel: groups of 32..256, K a multiple of 128 (8 inner k-tiles), N of 8."""
+    return m.group_size in TINYGEMM_GROUPS and m.in_features % 128 == 0 and m.out_features % 8 == 0
+
+
+def int4_cuda_pack(qweight, scales, mins) -> tuple[torch.Tensor, torch.Tensor]:
+    """Canonical int4 -> tinygemm's CUDA layout: (int32 tiles, scale|zero (K/G, N, 2) bf16).
+
+    tinygemm wants the even k in the high nibble (ours keeps it in the low one) and w = (q - 8) * s + zero.
+    """
+    swapped = (qweight << 4) | (qweight >> 4)  # uint8 shifts drop the bits that move out
+    packed = torch.ops.aten._convert_weight_to_int4pack(swapped.contiguous(), 8)
+    s, m = scales.float(), mins.float()
+    sz = torch.stack([s, m + 8 * s], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)
+    return packed, sz
+
+
+def int4_linear_tinygemm(x, packed, sz, group: int, out_features: int) -> torch.Tensor:
+    out = torch.ops.aten._weight_int4pack_mm(_rows(x).to(torch.bfloat16).contiguous(), packed, group, sz)
+    return out.to(x.dtype).reshape(*x.shape[:-1], out_features)

@@ -42,15 +42,23 @@ def _bench(fn, quantiles):
     return triton.testing.do_bench(fn, warmup=5, rep=25, quantiles=quantiles)
 
 
-def _prune(configs, named_args, **kwargs):
-    return configs[::8] if _INTERPRET else configs  # one config per block size under the interpreter
+def _tune(one_row: list, rows: list) -> dict:
+    """Autotune over a few configs around the winners measured on an H200 (bench/kernels.py), one list for
+    a single row and one for 2..16 rows; the choice per (N, K, rows) is kept in Triton's cache, so only a
+    first start pays the ~1 s per shape. Under the interpreter one config per block size is enough."""
+    tagged = [(c, True) for c in one_row] + [(c, False) for c in rows]
+
+    def prune(configs, named_args, **kwargs):
+        single = kwargs.get("MB", 1) == 1
+        chosen = [c for c, one in tagged if one == single]
+        return chosen[::4] if _INTERPRET else chosen
+
+    configs = [c for c, _ in tagged]
+    return {"configs": configs, "key": ["N", "K", "MB"], "cache_results": True, "do_bench": _bench,
+            "prune_configs_by": {"early_config_prune": prune}}  # fmt: skip
 
 
-_TUNE = {"key": ["N", "K", "MB"], "cache_results": True, "do_bench": _bench,
-         "prune_configs_by": {"early_config_prune": _prune}}  # fmt: skip
-
-
-def _configs(block_ns, block_ks, warps=(4, 8), stages=(3, 4)):
+def _configs(block_ns, block_ks, warps=(4,), stages=(3,)) -> list:
     return [
         triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
         for bn in block_ns for bk in block_ks for w in warps for s in stages
@@ -71,7 +79,11 @@ def _nibble_values(word, i: tl.constexpr):
     return (((word >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
 
 
-@triton.autotune(configs=_configs((16, 32, 64), (512, 1024)), **_TUNE)
+_INT8_ONE_ROW = _configs((16, 32), (512, 1024), warps=(4, 8))
+_INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
+
+
+@triton.autotune(**_tune(_INT8_ONE_ROW, _INT8_ROWS))
 @triton.jit
 def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr):  # fmt: skip
@@ -108,7 +120,7 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: t
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
 
 
-@triton.autotune(configs=_configs((16, 32, 64), (2, 4, 8)), **_TUNE)
+@triton.autotune(**_tune(_configs((16, 32), (4, 8), warps=(4, 8)), []))
 @triton.jit
 def _int4_gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, MB: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
@@ -142,7 +154,7 @@ def _int4_gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, MB: tl
     tl.store(y_ptr + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
-@triton.autotune(configs=_configs((16, 32, 64), (0,)), **_TUNE)
+@triton.autotune(**_tune([], _configs((16, 32, 64), (0,), warps=(4, 8))))
 @triton.jit
 def _int4_gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, G: tl.constexpr, MB: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
