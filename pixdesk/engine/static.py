@@ -73,6 +73,7 @@ class StaticDecoder:
         self._fn = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.use_graphs = self.compile and device.type == "cuda"
+        self._pool = None
 
     def bucket(self, longest: int) -> int:
         """Attention length covering positions < longest, rounded up to a multiple of bucket_size."""
@@ -106,7 +107,11 @@ class StaticDecoder:
                     fn(self.tokens, self.positions, key_pos)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            # One memory pool for every bucket's graph: they never run at once, and each step's logits are
+            # copied out before the next replay, so a new bucket reuses memory instead of adding its own.
+            with torch.cuda.graph(graph, pool=self._pool):
                 out = fn(self.tokens, self.positions, key_pos)
             self.graphs[bucket] = (graph, out)
         return self.graphs[bucket]

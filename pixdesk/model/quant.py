@@ -129,19 +129,20 @@ class Int4Linear(nn.Module):
         m.qweight, m.scales, m.mins = quantize_int4(w, group_size)
         return m
 
-    def to_tinygemm(self) -> None:
-        """On CUDA: repack for torch's tinygemm kernel and drop the canonical buffers (no second copy).
+    def add_tinygemm(self) -> None:
+        """On CUDA: a second copy in torch's tinygemm layout, for decode (up to 16 rows).
 
         Measured on an H200 (bench/kernels.py, the decoder's 161 linears in one CUDA graph): tinygemm 3.6 ms
-        per token at one row against 5.2 ms for our Triton int4 GEMV, and it keeps its speed at 8 rows.
+        per token at one row and 9.1 ms at 8 rows, our Triton int4 GEMV 5.3 and 21.8 ms. But tinygemm is slow
+        on long prompts (3.2 s for the 4,183-token image prompt against 0.37 s for dequantize + cuBLAS), so
+        prefill keeps reading the canonical buffers; `prepare_for_device` adds this copy only where memory
+        allows it (a 12 GiB card runs the Triton kernel instead).
         """
         if self.cuda_pack is None:
             self.cuda_pack = quant_ops.int4_cuda_pack(self.qweight, self.scales, self.mins)
-            empty = torch.empty(0, dtype=torch.uint8, device=self.qweight.device)
-            self.qweight, self.scales, self.mins = empty, empty, empty
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cuda_pack is not None:
+        if self.cuda_pack is not None and x.numel() <= quant_ops.DECODE_ROWS * self.in_features:
             return quant_ops.int4_linear_tinygemm(x, *self.cuda_pack, self.group_size, self.out_features)
         if x.device.type == "cpu" and self.group_size not in quant_ops.CPU_INT4_GROUPS:
             return torch.nn.functional.linear(x, dequantize(self).to(x.dtype))  # tiny test models only
@@ -224,18 +225,33 @@ def quantize_model(model: nn.Module, spec: QuantSpec, progress=None) -> nn.Modul
 
 
 def quantized_bytes(model: nn.Module) -> int:
-    """Bytes held by the quantized linears (weights, scales and minimums, in whichever layout)."""
+    """Bytes a decode step reads from the quantized linears (weights, scales, minimums; the tinygemm copy
+    where there is one, else the canonical buffers)."""
     total = 0
     for m in model.modules():
         if isinstance(m, QuantLinear):
-            total += sum(b.numel() * b.element_size() for b in m.buffers(recurse=False))
-            total += sum(t.numel() * t.element_size() for t in (getattr(m, "cuda_pack", None) or ()))
+            parts = getattr(m, "cuda_pack", None) or tuple(m.buffers(recurse=False))
+            total += sum(t.numel() * t.element_size() for t in parts)
     return total
 
 
+TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode copies of int4 weights
+
+
 def prepare_for_device(model: nn.Module) -> nn.Module:
-    """After loading (and fusing): give each quantized linear the layout its device's kernels read."""
-    for m in model.modules():
-        if isinstance(m, Int4Linear) and m.qweight.is_cuda and quant_ops.tinygemm_fits(m):
-            m.to_tinygemm()
+    """After loading (and fusing): int4 linears on a GPU get tinygemm copies for decode when the card has
+    room for them plus TINYGEMM_HEADROOM (KV cache, activations); otherwise decode uses the Triton GEMV."""
+    int4 = [m for m in model.modules() if isinstance(m, Int4Linear) and m.qweight.is_cuda]
+    int4 = [m for m in int4 if m.cuda_pack is None and quant_ops.tinygemm_fits(m)]
+    if not int4:
+        return model
+    extra = sum(m.qweight.numel() + 2 * m.scales.numel() * 2 for m in int4)
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(int4[0].qweight.device)
+    cap = torch.cuda.get_per_process_memory_fraction(int4[0].qweight.device) * total
+    free = min(free, cap - torch.cuda.memory_reserved(int4[0].qweight.device))
+    if free < extra + TINYGEMM_HEADROOM:
+        return model
+    for m in int4:
+        m.add_tinygemm()
     return model
