@@ -144,13 +144,20 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.cuda_pack is not None and x.numel() <= quant_ops.DECODE_ROWS * self.in_features:
             return quant_ops.int4_linear_tinygemm(x, *self.cuda_pack, self.group_size, self.out_features)
-        if x.device.type == "cpu" and self.group_size not in quant_ops.CPU_INT4_GROUPS:
-            return torch.nn.functional.linear(x, dequantize(self).to(x.dtype))  # tiny test models only
         if x.device.type == "cpu":
-            if self.cpu_pack is None or self.cpu_pack[1].dtype != x.dtype:
-                self.cpu_pack = quant_ops.int4_cpu_pack(self.qweight, self.scales, self.mins, x.dtype)
-            return quant_ops.int4_linear_cpu(x, *self.cpu_pack, self.group_size, self.out_features)
+            return self._forward_cpu(x)
         return quant_ops.int4_linear(x, self.qweight, self.scales, self.mins, self.group_size)
+
+    def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode rows through torch's CPU int4 kernel (bf16 activations, its own packed copy); prefill and
+        group sizes it lacks (tiny test models) multiply by the dequantized weight (quant_ops says why)."""
+        rows = x.numel() // self.in_features
+        if rows > quant_ops.DECODE_ROWS or self.group_size not in quant_ops.CPU_INT4_GROUPS:
+            return torch.nn.functional.linear(x, dequantize(self).to(x.dtype))
+        if self.cpu_pack is None:
+            self.cpu_pack = quant_ops.int4_cpu_pack(self.qweight, self.scales, self.mins, torch.bfloat16)
+        xb = x.to(torch.bfloat16)
+        return quant_ops.int4_linear_cpu(xb, *self.cpu_pack, self.group_size, self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -63,9 +63,10 @@ def test_output_cosine_on_gaussian_weights(mode, dtype, rows):
     y = lin(x.to(dtype))
     assert y.dtype == dtype and y.shape == (rows, 384)
     assert cosine(y, F.linear(x, w)) >= BOUNDS[mode]
-    # the CPU kernel computes exactly the product with the dequantized weight (up to output rounding)
+    # the product with the dequantized weight, up to rounding: decode rows (<= 16) go through torch's CPU
+    # kernels with bf16 activations, longer inputs multiply by the dequantized weight in the model's dtype
     ref = F.linear(x, dequantize(lin))
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    tol = 1e-5 if dtype == torch.float32 and rows > 16 else 1e-2
     assert float((y.float() - ref).abs().max() / ref.abs().max()) < tol
 
 
