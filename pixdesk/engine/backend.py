@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ from pixdesk.engine.generate import TokenStream, check_context
 from pixdesk.engine.sampling import SamplingParams, make_generator
 from pixdesk.engine.scheduler import Scheduler, SchedulerConfig
 from pixdesk.engine.sequence import PRIORITIES, LogitMask, Sequence, Submission
+from pixdesk.engine.stats import EngineStats
 from pixdesk.errors import InvalidRequest, TooManyImages
 from pixdesk.tokenizer.chat import ChatMessage, EncodedPrompt, encode_instruct
 from pixdesk.tokenizer.image import ImageLimits, PreparedImage, prepare_image
@@ -88,6 +90,7 @@ class LocalEngine:
         self.model, self.tokenizer = checkpoint.model, checkpoint.tokenizer
         self.scheduler = Scheduler(self.model, config)
         self.config = config = self.scheduler.config  # with max_context resolved ("auto")
+        self.warmup_s: float | None = None  # set by warm_up() (start() runs it where the step compiles)
         self._grammar = None  # llguidance, built on first structured request (a bare GPU box may lack it)
         v = self.model.args.vision
         self.info = ModelInfo(
@@ -107,11 +110,29 @@ class LocalEngine:
     # ------------------------------------------------------------------------------ lifecycle
 
     def start(self) -> LocalEngine:
-        if self.scheduler.decoder is not None and self.scheduler.decoder.compile:
+        compiled = self.scheduler.decoder is not None and self.scheduler.decoder.compile
+        if compiled:
             # Compiled kernels persist across restarts in the user cache dir (warm start: seconds).
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_user_cache() / "inductor"))
         self.scheduler.start()
+        if compiled:
+            self.warm_up()
         return self
+
+    def warm_up(self) -> float:
+        """Compile and capture the decode step, and tune the kernels a prefix hit uses, before the first
+        request instead of during it (the daemon reports ready only after this). Returns the seconds taken."""
+        t0 = time.perf_counter()
+        eos = getattr(self.tokenizer, "EOS", 2)
+        params = SamplingParams(max_tokens=3, logit_bias={eos: -100.0})  # decode must happen
+        base = [1, *range(1000, 1064)]
+        for ids in (base, [*base, *range(1100, 1105)]):  # the second one prefills 5 tokens after a prefix hit
+            for _ in self.submit(EncodedPrompt(ids, []), params, client_id="pixdesk-warm-up"):
+                pass
+        self.scheduler.stats = EngineStats()  # warm-up is not traffic
+        self.warmup_s = time.perf_counter() - t0
+        log.info("warm-up (compile, CUDA graph capture, kernel tuning) took %.1f s", self.warmup_s)
+        return self.warmup_s
 
     def stop(self) -> None:
         self.scheduler.stop()

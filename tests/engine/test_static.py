@@ -60,3 +60,14 @@ def test_engine_with_static_decode_equals_reference(tiny):
         for r, p in zip(runs, prompts):
             r.wait()
             assert_same_run(r.tokens, r.logprobs, *reference(tiny, p, params))
+
+
+def test_warm_up_runs_real_steps_and_leaves_no_traffic_behind(tiny):
+    """start() warms up where the decode step compiles (GPU); the same call works on the CPU engine."""
+    from pixdesk.engine.backend import LocalEngine
+    from pixdesk.engine.scheduler import SchedulerConfig
+
+    with LocalEngine(tiny, SchedulerConfig(max_batch=2, max_context=256)) as eng:
+        assert eng.warm_up() > 0 and eng.warmup_s is not None
+        stats = eng.stats()
+        assert stats["submitted"] == 0 and stats["generated_tokens"] == 0
