@@ -88,3 +88,18 @@ def test_question_from_stdin_and_image_bytes_travel_as_data(tmp_path, daemon):
     other = pixdesk(daemon.env, "ask", "--max-tokens", "6", str(_image(tmp_path, "b.png", (0, 0, 0))),
                     "What colour?")  # fmt: skip
     assert other.returncode == 0 and "6 generated" in other.stderr
+
+
+def test_quant_flag_quantizes_once_then_reads_the_cache(tiny_dir, tmp_path):
+    img = _image(tmp_path)
+    env = make_env(tmp_path)
+    args = ["--model", str(tiny_dir), "--quant", "int8", "--max-tokens", "6", "--image", str(img), "What?"]
+    first = pixdesk(env, "ask", "--in-process", *args)
+    assert first.returncode == 0, first.stderr
+    assert "int8 quantized at load and cached" in first.stderr and first.stdout.strip()
+    second = pixdesk(env, "ask", "--in-process", *args)
+    assert second.returncode == 0, second.stderr
+    assert "int8 read from the quantized cache" in second.stderr
+    assert second.stdout == first.stdout
+    entries = list((tmp_path / "cache" / "pixdesk" / "quantized").iterdir())
+    assert len(entries) == 1 and (entries[0] / "model.safetensors").is_file()
