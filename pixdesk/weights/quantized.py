@@ -108,15 +108,14 @@ def prune_stale(cache_root: Path, checkpoint: str, manifest_id: str) -> None:
             shutil.rmtree(meta_file.parent, ignore_errors=True)
 
 
-def _empty_quantized(files: CheckpointFiles, spec: QuantSpec) -> tuple[Pixtral, list[str]]:
-    args = read_args(files)
+def _empty_quantized(files: CheckpointFiles, spec: QuantSpec) -> Pixtral:
+    """The model on meta with every decoder linear already swapped for an empty quantized one."""
     with torch.device("meta"):
-        model = Pixtral(args)
-    names = decoder_linear_names(model)
-    for name in names:
+        model = Pixtral(read_args(files))
+    for name in decoder_linear_names(model):
         lin = model.get_submodule(name)
         set_module(model, name, empty_linear(lin.in_features, lin.out_features, spec))
-    return model, names
+    return model
 
 
 def quantize_from_checkpoint(
@@ -185,7 +184,7 @@ def _write_files(model: nn.Module, tmp: Path, meta: dict) -> None:
 
 
 def _load_entry(files, entry: Path, spec: QuantSpec, dtype, device, progress: Progress | None) -> Pixtral:
-    model, _ = _empty_quantized(files, spec)
+    model = _empty_quantized(files, spec)
     floats = dict(model.named_parameters())  # vision, norms, embeddings: follow the requested dtype
     quantized = dict(model.named_buffers())  # int8/uint8 weights, scales, minimums: exactly as stored
     infos = {i.name: i for i in read_header(entry / CACHE_FILE)}
