@@ -34,6 +34,7 @@ class ModelInfo:
     context: int
     vocab_size: int
     dtype: str
+    quant: str  # none | int8 | int4 (weights of the decoder's linears)
     device: str
     vision: bool
     patch_size: int | None
@@ -100,6 +101,7 @@ class LocalEngine:
             context=config.max_context,
             vocab_size=self.model.args.text.vocab_size,
             dtype=str(self.model.dtype).removeprefix("torch."),
+            quant=(checkpoint.quant or {}).get("mode", "none"),
             device=str(self.model.device),
             vision=v is not None,
             patch_size=v.patch_size if v else None,

@@ -164,6 +164,8 @@ def _model_card(info, model_id: str) -> dict:
         "max_image_size": info.max_image_size,
         "patch_size": info.patch_size,
         "demo": info.demo,
+        "dtype": info.dtype,
+        "quant": info.quant,
     }
     if info.demo:
         card["notice"] = "built-in tiny demo checkpoint with random weights: its answers are random text"

@@ -264,11 +264,11 @@ def test_stop_lets_in_flight_streams_finish(env, tiny_dir):
 
 
 def test_remote_bind_refused_and_demo_announced(env):
+    """Also the daemon path of --quant: the demo checkpoint served with int4 weights, shown on the card."""
     out = pixdesk(env, "serve", "--host", "0.0.0.0", "--port", "0")
     assert out.returncode == 2 and "--allow-remote" in out.stderr and "Traceback" not in out.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pixdesk", "serve", "--port", "0"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    cmd = [sys.executable, "-m", "pixdesk", "serve", "--port", "0", "--quant", "int4"]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
     try:
         info = wait_for_discovery(env, proc)
         key = Path(info["api_key_file"]).read_text().strip()
@@ -278,10 +278,12 @@ def test_remote_bind_refused_and_demo_announced(env):
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         card = json.loads(opener.open(req, timeout=60).read())["data"][0]
         assert card["demo"] is True and "random" in card["notice"]
+        assert card["quant"] == "int4" and card["dtype"] == "float32"
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-    assert "demo checkpoint" in proc.stderr.read()
+    log = proc.stderr.read()
+    assert "demo checkpoint" in log and "int4 quantized at load and cached" in log
 
 
 def test_detach_and_open(env, tiny_dir):
