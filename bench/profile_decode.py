@@ -1,5 +1,10 @@
-"""Profile the static decode step of the full-size model: graph replay time and the top kernels."""
+"""Profile the static decode step of the full-size model at batch 1: graph replay time, step() with its host
+work, and the kernels that take the time (grouped by name).
 
+    PYTHONPATH=. python3 bench/profile_decode.py [--quant int8|int4] [--slots N]
+"""
+
+import argparse
 import time
 
 import torch
@@ -7,32 +12,48 @@ import torch
 from bench.gpu_model import PIXTRAL_12B, random_model
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.static import StaticDecoder
+from pixdesk.model.quant import QuantSpec, quantize_model
 
-m = random_model(PIXTRAL_12B, torch.bfloat16, "cuda").fuse_projections()
-kv = KVCache.for_model(m, 1, 4352)
+ap = argparse.ArgumentParser()
+ap.add_argument("--quant", choices=["none", "int8", "int4"], default="none")
+ap.add_argument("--slots", type=int, default=1)
+args = ap.parse_args()
+m = random_model(PIXTRAL_12B, torch.bfloat16, "cuda")
+if args.quant != "none":
+    quantize_model(m, QuantSpec(args.quant))
+    torch.cuda.empty_cache()
+m.fuse_projections()
+kv = KVCache.for_model(m, args.slots, 4352)
 sd = StaticDecoder(m, kv)
-slots, tok = torch.tensor([0]), torch.tensor([1500])
+slots = torch.arange(args.slots)
+tok = torch.full((args.slots,), 1500)
+
+
+def pos(p):
+    return torch.full((args.slots,), p)
+
+
 with torch.inference_mode():
     t = time.time()
-    sd.step(slots, tok, torch.tensor([4200]))
+    sd.step(slots, tok, pos(4200))
     torch.cuda.synchronize()
-    print(f"first step (compile + capture) {time.time() - t:.1f}s", flush=True)
-    for _ in range(5):
-        sd.step(slots, tok, torch.tensor([4201]))
+    print(f"{args.quant} slots={args.slots}: first step (compile + capture) {time.time() - t:.1f}s", flush=True)
+    for i in range(5):
+        sd.step(slots, tok, pos(4201 + i))
     torch.cuda.synchronize()
     t = time.perf_counter()
     for i in range(50):
-        sd.step(slots, tok, torch.tensor([4202 + i]))
+        sd.step(slots, tok, pos(4210 + i))
     torch.cuda.synchronize()
-    print(f"step() incl. host work: {(time.perf_counter() - t) / 50 * 1e3:.2f} ms", flush=True)
+    print(f"step() incl. host work: {(time.perf_counter() - t) / 50 * 1e3:.3f} ms", flush=True)
     graph, _ = sd.graphs[sd.bucket(4300)]
     t = time.perf_counter()
     for _ in range(50):
         graph.replay()
     torch.cuda.synchronize()
-    print(f"graph replay only: {(time.perf_counter() - t) / 50 * 1e3:.2f} ms", flush=True)
+    print(f"graph replay only: {(time.perf_counter() - t) / 50 * 1e3:.3f} ms", flush=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             graph.replay()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15), flush=True)
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60), flush=True)
