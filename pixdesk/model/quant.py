@@ -77,11 +77,8 @@ def dequantize(module: nn.Module) -> torch.Tensor:
     """The float (N, K) weight a quantized linear stands for (fp32; for tests and checks)."""
     if isinstance(module, Int8Linear):
         return module.qweight.float() * module.scales.float()[:, None]
-    q = unpack_int4(module.qweight).float()  # (N, K)
-    N, K = q.shape
-    g = q.reshape(N, K // module.group_size, module.group_size)
-    w = g * module.scales.float()[..., None] + module.mins.float()[..., None]
-    return w.reshape(N, K)
+    m = module
+    return quant_ops.dequantize_int4(m.qweight, m.scales, m.mins, m.group_size, torch.float32)
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:

@@ -28,15 +28,32 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _kernels():
+    """Our Triton kernels, or None where Triton is missing (CUDA builds of torch on Windows): then the
+    quantized products fall back to dequantizing with plain torch ops (correct, slower)."""
+    try:
+        from pixdesk.model import quant_triton
+    except ImportError:
+        return None
+    return quant_triton
+
+
+def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:
+    """Canonical int4 -> (N, K) in `dtype` with torch ops (the reference the kernels are checked against)."""
+    q = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1).float()  # (N, K)
+    N, K = q.shape
+    w = q.reshape(N, K // group, group) * scales.float()[..., None] + mins.float()[..., None]
+    return w.reshape(N, K).to(dtype)
+
+
 # ------------------------------------------------------------------------------------------ int8
 
 
 @torch.library.custom_op("pixdesk::int8_linear", mutates_args=())
 def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    if x.shape[0] <= DECODE_ROWS:
-        from pixdesk.model import quant_triton
-
-        return quant_triton.int8_gemv(x, qweight, scales)
+    kernels = _kernels()
+    if x.shape[0] <= DECODE_ROWS and kernels is not None:
+        return kernels.int8_gemv(x, qweight, scales)
     out = F.linear(x, qweight.to(x.dtype))  # (M, N): scale per output channel applies after the product
     return (out.float() * scales).to(x.dtype)
 
@@ -65,11 +82,12 @@ def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) ->
 def _int4_linear_op(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group: int
 ) -> torch.Tensor:
-    from pixdesk.model import quant_triton
-
+    kernels = _kernels()
+    if kernels is None:
+        return F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype))
     if x.shape[0] <= DECODE_ROWS:
-        return quant_triton.int4_gemv(x, qweight, scales, mins, group)
-    w = quant_triton.int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary
+        return kernels.int4_gemv(x, qweight, scales, mins, group)
+    w = kernels.int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary
     return F.linear(x, w)
 
 

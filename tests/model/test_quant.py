@@ -155,3 +155,18 @@ def test_random_state_dict_is_untouched_by_quantization():
     w = state["layers.0.attention.wq.weight"]
     Int8Linear.from_float(w), Int4Linear.from_float(w, 16)
     assert torch.equal(before, w)
+
+
+def test_gpu_ops_fall_back_to_torch_without_triton(monkeypatch):
+    """CUDA builds of torch without Triton (Windows): the custom ops dequantize with torch ops instead."""
+    from pixdesk.model import quant_ops
+
+    monkeypatch.setattr(quant_ops, "_kernels", lambda: None)
+    g = torch.Generator().manual_seed(4)
+    w, x = torch.randn(64, 256, generator=g), torch.randn(3, 256, generator=g)
+    for lin in (Int8Linear.from_float(w), Int4Linear.from_float(w)):
+        if isinstance(lin, Int8Linear):
+            y = quant_ops._int8_linear_op(x, lin.qweight, lin.scales)
+        else:
+            y = quant_ops._int4_linear_op(x, lin.qweight, lin.scales, lin.mins, lin.group_size)
+        assert torch.allclose(y, F.linear(x, dequantize(lin)), atol=1e-4)
