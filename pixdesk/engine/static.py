@@ -67,8 +67,13 @@ class StaticDecoder:
         device = cache.device
         self.compile = device.type == "cuda" if compile is None else compile
         self.kernel = _kernel_available(device) if kernel is None else kernel
-        self.tokens = torch.zeros(cache.n_slots, dtype=torch.long, device=device)
-        self.positions = torch.full((cache.n_slots,), cache.scratch_position, dtype=torch.long, device=device)
+        # The step's inputs (token, position, output row order) live in one device buffer, filled from one
+        # pinned host buffer with one copy per step: no blocking transfers or small kernels before the replay.
+        n, pinned = cache.n_slots, device.type == "cuda"
+        self._staging = torch.zeros(3, n, dtype=torch.long, pin_memory=pinned)
+        self._io = torch.zeros(3, n, dtype=torch.long, device=device)
+        self._copied = torch.cuda.Event() if pinned else None
+        self.tokens, self.positions, self._rows = self._io[0], self._io[1], self._io[2]
         self.key_pos: dict[int, torch.Tensor] = {}
         self._fn = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -126,16 +131,22 @@ class StaticDecoder:
 
     def step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V) for those rows."""
-        device = self.tokens.device
-        slots, tokens, positions = slots.to(device), tokens.to(device), positions.to(device)
-        self.tokens.zero_()
-        self.positions.fill_(self.cache.scratch_position)
-        self.tokens[slots] = tokens
-        self.positions[slots] = positions
+        slots, tokens, positions = slots.cpu(), tokens.cpu(), positions.cpu()
+        if self._copied is not None:
+            self._copied.synchronize()  # the previous step's copy has left the pinned buffer
+        staged = self._staging
+        staged[0].zero_()
+        staged[1].fill_(self.cache.scratch_position)
+        staged[0, slots] = tokens
+        staged[1, slots] = positions
+        staged[2, : len(slots)] = slots
+        self._io.copy_(staged, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
         bucket = self.bucket(int(positions.max()) + 1)
         if self.use_graphs:
             graph, logits = self._graph(bucket)
             graph.replay()
         else:
             logits = self._function()(self.tokens, self.positions, self._key_pos(bucket))
-        return logits[slots]  # indexing copies out of the graph's output buffer
+        return logits.index_select(0, self._rows[: len(slots)])  # copies out of the graph's output buffer
