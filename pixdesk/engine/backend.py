@@ -118,7 +118,10 @@ class LocalEngine:
             os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(_user_cache() / "inductor"))
         self.scheduler.start()
         if compiled:
-            self.warm_up()
+            try:
+                self.warm_up()
+            except Exception:  # an optimisation only: the first request then pays the compile instead
+                log.exception("warm-up failed; the first request will compile the decode step")
         return self
 
     def warm_up(self) -> float:
@@ -127,7 +130,8 @@ class LocalEngine:
         t0 = time.perf_counter()
         eos = getattr(self.tokenizer, "EOS", 2)
         params = SamplingParams(max_tokens=3, logit_bias={eos: -100.0})  # decode must happen
-        base = [1, *range(1000, 1064)]
+        n = max(1, min(64, self.config.max_context - 12))  # prompt + 5 more + 3 generated must fit
+        base = [1, *range(1000, 1000 + n)]
         for ids in (base, [*base, *range(1100, 1105)]):  # the second one prefills 5 tokens after a prefix hit
             for _ in self.submit(EncodedPrompt(ids, []), params, client_id="pixdesk-warm-up"):
                 pass

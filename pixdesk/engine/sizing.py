@@ -7,8 +7,7 @@ prefix-cache budget, ~48 GB / (4 x 160 KiB) = 76,800 tokens per slot (rounded do
 
 from __future__ import annotations
 
-import torch
-
+from pixdesk.devices import free_device_bytes
 from pixdesk.errors import InvalidConfig
 
 TRAINED_CONTEXT = 128_000  # Pixtral-12B: mistral-inference precomputes RoPE for 128,000 positions
@@ -48,14 +47,6 @@ def auto_max_context(model, n_slots: int, *, free_bytes: int, reserved_bytes: in
             param="model.max_context",
         )
     return tokens
-
-
-def free_device_bytes(device: torch.device) -> int:
-    """Free memory on the card, or less where this process is capped (`set_per_process_memory_fraction`)."""
-    torch.cuda.empty_cache()  # blocks freed while loading and fusing stay reserved otherwise
-    free, total = torch.cuda.mem_get_info(device)
-    cap = torch.cuda.get_per_process_memory_fraction(device) * total
-    return int(min(free, cap - torch.cuda.memory_reserved(device)))
 
 
 def resolve_max_context(model, config) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pixdesk.devices import free_device_bytes
 from pixdesk.model import quant_ops
 
 INT4_GROUP = 128
@@ -250,10 +251,7 @@ def prepare_for_device(model: nn.Module) -> nn.Module:
     if not int4:
         return model
     extra = sum(m.qweight.numel() + 2 * m.scales.numel() * 2 for m in int4)
-    torch.cuda.empty_cache()
-    free, total = torch.cuda.mem_get_info(int4[0].qweight.device)
-    cap = torch.cuda.get_per_process_memory_fraction(int4[0].qweight.device) * total
-    free = min(free, cap - torch.cuda.memory_reserved(int4[0].qweight.device))
+    free = free_device_bytes(int4[0].qweight.device)
     if free < extra + TINYGEMM_HEADROOM:
         return model
     for m in int4:
