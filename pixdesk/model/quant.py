@@ -166,10 +166,17 @@ class Int4Linear(nn.Module):
 QuantLinear = (Int8Linear, Int4Linear)
 
 
+QUANTIZE_ROWS = 4096  # rows per quantization pass: fp32 temporaries stay ~100 MB even for the LM head
+
+
 def quantize_linear(w: torch.Tensor, spec: QuantSpec) -> nn.Module:
-    if spec.mode == "int8":
-        return Int8Linear.from_float(w)
-    return Int4Linear.from_float(w, spec.group_size)
+    """A float (N, K) weight -> its quantized linear, a block of rows at a time (rows are independent, and
+    the LM head's fp32 temporaries in one pass would take ~8 GB: more than a 12 GiB card has left)."""
+    parts = [
+        Int8Linear.from_float(block) if spec.mode == "int8" else Int4Linear.from_float(block, spec.group_size)
+        for block in w.split(QUANTIZE_ROWS)
+    ]
+    return parts[0] if len(parts) == 1 else concat_linears(parts)
 
 
 def empty_linear(in_features: int, out_features: int, spec: QuantSpec) -> nn.Module:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 import pixdesk
-from pixdesk.errors import InvalidCheckpoint
+from pixdesk.errors import InvalidCheckpoint, InvalidConfig
 from pixdesk.model.pixtral import Pixtral
 from pixdesk.model.quant import (
     QuantSpec,
@@ -70,7 +70,12 @@ def load_quantized(
 ) -> tuple[Pixtral, dict]:
     """The quantized model and a report: {"source": "cache" | "quantized", "seconds", "cache": path}."""
     with torch.device("meta"):
-        spec = spec.for_inputs(decoder_input_sizes(Pixtral(read_args(files))))
+        sizes = decoder_input_sizes(Pixtral(read_args(files)))
+    try:
+        spec = spec.for_inputs(sizes)
+    except ValueError as exc:
+        message = f"model.quant = {spec.mode!r}: {exc}; use int8 or none"
+        raise InvalidConfig(message, param="model.quant") from None
     entry = Path(cache_root) / cache_key(manifest_id, spec) if cache_root else None
     t0 = time.perf_counter()
     if entry is not None and (entry / "meta.json").is_file():

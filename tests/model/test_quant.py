@@ -170,3 +170,17 @@ def test_gpu_ops_fall_back_to_torch_without_triton(monkeypatch):
         else:
             y = quant_ops._int4_linear_op(x, lin.qweight, lin.scales, lin.mins, lin.group_size)
         assert torch.allclose(y, F.linear(x, dequantize(lin)), atol=1e-4)
+
+
+def test_quantizing_in_row_blocks_equals_one_pass(monkeypatch):
+    """Large weights (the LM head) are quantized a block of rows at a time to bound the temporaries."""
+    import pixdesk.model.quant as quant
+
+    w = torch.randn(100, 256, generator=torch.Generator().manual_seed(6))
+    for spec in (QuantSpec("int8"), QuantSpec("int4")):
+        whole = quant.quantize_linear(w, spec)
+        monkeypatch.setattr(quant, "QUANTIZE_ROWS", 32)
+        blocks = quant.quantize_linear(w, spec)
+        monkeypatch.undo()
+        a, b = whole.state_dict(), blocks.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
