@@ -89,9 +89,23 @@ def chain(mods, xs, triton_int4_path: bool = False):
     return lambda: [f(xs[m.in_features]) for f, m in zip(fns, mods)]
 
 
+def gqa_decode_reduce(q, keys, values, mask):
+    """`gqa_decode` as multiply-and-sum over the cache's (B, S, Hkv, D) layout in fp32: compiled, each sum is
+    one reduction reading K (or V) in place, with no transposed copy. Measured, not used: slower than both
+    the matmul form at 1 slot and the split-key kernel (NOTES.md)."""
+    B, _, H, D = q.shape
+    Hkv = keys.shape[2]
+    qg = q.view(B, 1, Hkv, H // Hkv, D).float()  # (B, 1, Hkv, G, D)
+    scores = (qg * keys[:, :, :, None, :].float()).sum(-1) * D**-0.5  # (B, S, Hkv, G)
+    scores = scores.masked_fill(~mask[:, :, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=1)  # over S
+    out = (probs[..., None] * values[:, :, :, None, :].float()).sum(1)  # (B, Hkv, G, D)
+    return out.reshape(B, 1, H, D).to(q.dtype)
+
+
 def attention_step(name, ks, vs):
     from pixdesk.engine.decode_attention import decode_attention
-    from pixdesk.model.layers import gqa_decode, gqa_decode_reduce
+    from pixdesk.model.layers import gqa_decode
 
     fn = {"matmul": gqa_decode, "reduce": gqa_decode_reduce}.get(name)
 

@@ -124,21 +124,3 @@ def gqa_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
     out = torch.matmul(probs, values.transpose(1, 2))  # (B, Hkv, G, D)
     return out.reshape(B, 1, H, D)
 
-
-def gqa_decode_reduce(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """`gqa_decode` as multiply-and-sum over the cache's own (B, S, Hkv, D) layout, in fp32.
-
-    Under torch.compile each sum becomes one reduction kernel that reads K (or V) once in place; the matmul
-    form needs K as (B, Hkv, D, S), which the cache layout only gives through a copy per layer. Eager, it
-    would materialise (B, S, Hkv, G, D) products, so only the compiled decode step uses it.
-    """
-    B, _, H, D = q.shape
-    Hkv = keys.shape[2]
-    qg = q.view(B, 1, Hkv, H // Hkv, D).float()  # (B, 1, Hkv, G, D)
-    scores = (qg * keys[:, :, :, None, :].float()).sum(-1) * D**-0.5  # (B, S, Hkv, G)
-    scores = scores.masked_fill(~mask[:, :, None, None], float("-inf"))
-    probs = torch.softmax(scores, dim=1)  # over S
-    out = (probs[..., None] * values[:, :, :, None, :].float()).sum(1)  # (B, Hkv, G, D)
-    return out.reshape(B, 1, H, D).to(q.dtype)

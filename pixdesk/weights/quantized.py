@@ -82,7 +82,7 @@ def load_quantized(
         try:
             model = _load_entry(files, entry, spec, dtype, device, progress)
             return model, {"source": "cache", "seconds": time.perf_counter() - t0, "cache": str(entry)}
-        except InvalidCheckpoint as exc:
+        except (InvalidCheckpoint, OSError) as exc:
             log.warning("quantized cache %s is unreadable (%s); rebuilding it", entry, exc)
             shutil.rmtree(entry, ignore_errors=True)
     model = quantize_from_checkpoint(files, spec, dtype=dtype, device=device, progress=progress)
