@@ -182,3 +182,31 @@ def test_a_single_slot_engine_still_runs_batch_requests(tiny):
         prompt = eng.encode_chat([user("folder job")])
         run = Run(eng.submit(prompt, SamplingParams(max_tokens=2), priority="batch"))
         assert run.wait(60).finish.reason == "length"
+
+
+def test_greedy_with_logit_bias_in_a_batch_equals_one_by_one(tiny):
+    """Biased greedy rows are picked in the batch (one transfer per step) exactly as alone."""
+    from pixdesk.engine.backend import LocalEngine
+    from pixdesk.engine.events import Delta
+    from pixdesk.engine.sampling import SamplingParams
+    from pixdesk.engine.scheduler import SchedulerConfig
+    from pixdesk.tokenizer.chat import EncodedPrompt
+
+    prompts = [EncodedPrompt([1, *range(1000 + 7 * i, 1040 + 7 * i)], []) for i in range(3)]
+    params = [SamplingParams(max_tokens=12, logit_bias={1500 + i: 3.0, 2: -100.0}) for i in range(3)]
+
+    def tokens(sub):
+        return [t for ev in sub if isinstance(ev, Delta) for t in ev.token_ids]
+
+    with LocalEngine(tiny, SchedulerConfig(max_batch=1, max_context=256)) as eng:
+        alone = [tokens(eng.submit(p, sp)) for p, sp in zip(prompts, params)]
+    with LocalEngine(tiny, SchedulerConfig(max_batch=3, max_context=256, per_client_active=3)) as eng:
+        subs = [eng.submit(p, sp) for p, sp in zip(prompts, params)]
+        together = [tokens(s) for s in subs]
+        assert eng.scheduler.stats.max_seqs_per_step > 1
+    assert together == alone and all(len(t) == 12 for t in alone)
+    # and the same as the reference driver, which biases and picks one sequence at a time
+    from pixdesk.engine.generate import generate
+
+    events = generate(tiny.model, tiny.tokenizer, prompts[0], params[0])
+    assert [t for ev in events for t in getattr(ev, "token_ids", [])] == alone[0]
