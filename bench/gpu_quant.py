@@ -49,24 +49,11 @@ def read_gbps() -> float | None:
     """Read bandwidth as limits.py measures it (a sum over 8 GiB of bf16 in a CUDA graph), in this process."""
     if DEVICE != "cuda":
         return None
+    from bench.kernels import graph_time
+
     x = torch.randn(4 * 2**30 // 2, dtype=torch.bfloat16, device=DEVICE)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            x.sum()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        x.sum()
-    g.replay()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(10):
-        g.replay()
-    torch.cuda.synchronize()
-    gbps = x.numel() * 2 / ((time.perf_counter() - t0) / 10) / 1e9
-    del x, g
+    gbps = x.numel() * 2 / graph_time(x.sum, iters=10) / 1e9
+    del x
     torch.cuda.empty_cache()
     return gbps
 

@@ -87,6 +87,23 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, counts: dict[int
     return logits
 
 
+def greedy_picks(logits: torch.Tensor, biases: list[dict[int, float] | None]) -> list[int | None]:
+    """Greedy ids for a batch (B, V) with one device->host transfer: row i takes part where biases[i] is not
+    None, its logit bias added to a copy first (the same pick as `adjust_logits` + `sample_one`)."""
+    if all(b is None for b in biases):
+        return [None] * len(biases)
+    triples = [(i, tok, v) for i, b in enumerate(biases) if b for tok, v in b.items()]
+    scores = logits
+    if triples:
+        scores = logits.clone()
+        rows = torch.tensor([i for i, _, _ in triples], device=logits.device)
+        toks = torch.tensor([t for _, t, _ in triples], device=logits.device)
+        values = torch.tensor([v for _, _, v in triples], dtype=logits.dtype, device=logits.device)
+        scores.index_put_((rows, toks), values, accumulate=True)
+    picks = scores.argmax(-1).tolist()
+    return [p if b is not None else None for p, b in zip(picks, biases)]
+
+
 def sample_one(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
     """One token id from fp32 logits (V,)."""
     if params.temperature == 0.0:

@@ -24,7 +24,7 @@ from pixdesk.engine.events import Finish, Usage
 from pixdesk.engine.features import FeatureCache, prompt_features
 from pixdesk.engine.generate import decode_step, prefill
 from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
-from pixdesk.engine.sampling import adjust_logits, sample_one
+from pixdesk.engine.sampling import adjust_logits, greedy_picks, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
 from pixdesk.engine.sizing import resolve_max_context
 from pixdesk.engine.static import StaticDecoder
@@ -58,21 +58,6 @@ def _batch_greedy(seq: Sequence) -> bool:
     """Greedy rows the batch picks with one argmax: no grammar mask, no penalties (a logit bias is fine)."""
     p = seq.params
     return p.temperature == 0 and seq.mask is None and not (p.frequency_penalty or p.presence_penalty)
-
-
-def _greedy_picks(logits: torch.Tensor, seqs: list[Sequence], rows: list[bool]) -> list[int | None]:
-    """argmax per row (one device->host transfer per step), logit biases added to a copy first: the same
-    picks as `adjust_logits` + `sample_one` per sequence, without a sync per sequence."""
-    if not any(rows):
-        return [None] * len(seqs)
-    biased = [(i, tok, b) for i, s in enumerate(seqs) if rows[i] for tok, b in s.params.logit_bias.items()]
-    scores = logits
-    if biased:
-        scores = logits.clone()
-        index = torch.tensor([[i, tok] for i, tok, _ in biased], device=logits.device).T
-        values = torch.tensor([b for _, _, b in biased], dtype=logits.dtype, device=logits.device)
-        scores.index_put_((index[0], index[1]), values, accumulate=True)
-    return scores.argmax(-1).tolist()
 
 
 class Scheduler:
@@ -256,7 +241,7 @@ class Scheduler:
             return
         # Greedy rows: one argmax over the batch and one device->host transfer per step.
         plain = [_batch_greedy(s) for s in seqs]
-        picks = _greedy_picks(logits, seqs, plain)
+        picks = greedy_picks(logits, [s.params.logit_bias if ok else None for s, ok in zip(seqs, plain)])
         for i, s in enumerate(seqs):
             pick = picks[i] if plain[i] else None
             self._guarded(s, "sample", lambda s=s, i=i, pick=pick: self._sample(s, logits[i], pick))

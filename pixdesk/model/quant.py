@@ -23,6 +23,7 @@ from torch import nn
 
 from pixdesk.devices import free_device_bytes
 from pixdesk.model import quant_ops
+from pixdesk.model.quant_ops import unpack_int4  # noqa: F401  (part of this module's API)
 
 INT4_GROUP = 128
 MODES = ("none", "int8", "int4")
@@ -80,11 +81,6 @@ def dequantize(module: nn.Module) -> torch.Tensor:
         return module.qweight.float() * module.scales.float()[:, None]
     m = module
     return quant_ops.dequantize_int4(m.qweight, m.scales, m.mins, m.group_size, torch.float32)
-
-
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, K/2) -> uint8 (N, K) with values 0..15."""
-    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
 
 
 class Int8Linear(nn.Module):

@@ -38,9 +38,14 @@ def _kernels():
     return quant_triton
 
 
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, K/2) -> uint8 (N, K) with values 0..15 (low nibble = even k)."""
+    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+
+
 def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:
     """Canonical int4 -> (N, K) in `dtype` with torch ops (the reference the kernels are checked against)."""
-    q = torch.stack([qweight & 0xF, qweight >> 4], dim=-1).reshape(qweight.shape[0], -1).float()  # (N, K)
+    q = unpack_int4(qweight).float()  # (N, K)
     N, K = q.shape
     w = q.reshape(N, K // group, group) * scales.float()[..., None] + mins.float()[..., None]
     return w.reshape(N, K).to(dtype)
@@ -109,8 +114,6 @@ def int4_cpu_pack(
 
     tinygemm reads w = (q - 8) * scale + zero, so zero = min + 8 * scale.
     """
-    from pixdesk.model.quant import unpack_int4
-
     q = unpack_int4(qweight).to(torch.int32)  # (N, K)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     s, m = scales.float(), mins.float()
