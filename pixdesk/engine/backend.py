@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from pixdesk.config import ImageSettings
 from pixdesk.engine.budget import fit_images
 from pixdesk.engine.generate import TokenStream, check_context
@@ -130,15 +132,27 @@ class LocalEngine:
         t0 = time.perf_counter()
         eos = getattr(self.tokenizer, "EOS", 2)
         params = SamplingParams(max_tokens=3, logit_bias={eos: -100.0})  # decode must happen
-        n = max(1, min(64, self.config.max_context - 12))  # prompt + 5 more + 3 generated must fit
-        base = [1, *range(1000, 1000 + n)]
-        for ids in (base, [*base, *range(1100, 1105)]):  # the second one prefills 5 tokens after a prefix hit
-            for _ in self.submit(EncodedPrompt(ids, []), params, client_id="pixdesk-warm-up"):
+        for prompt in self._warm_up_prompts():
+            for _ in self.submit(prompt, params, client_id="pixdesk-warm-up"):
                 pass
         self.scheduler.stats = EngineStats()  # warm-up is not traffic
         self.warmup_s = time.perf_counter() - t0
         log.info("warm-up (compile, CUDA graph capture, kernel tuning) took %.1f s", self.warmup_s)
         return self.warmup_s
+
+    def _warm_up_prompts(self) -> list[EncodedPrompt]:
+        """A full prefill, 5 tokens after a prefix hit, 1 token after a full hit (the compiled prefill
+        regions specialize a 1-token input), and a small image where the model has a vision encoder."""
+        n = max(1, min(64, self.config.max_context - 12))  # prompt + 5 more + 3 generated must fit
+        base = [1, *range(1000, 1000 + n)]
+        prompts = [EncodedPrompt(ids, []) for ids in (base, [*base, *range(1100, 1105)], base)]
+        v = self.model.args.vision
+        if v is not None and n > 12:
+            rows, cols = 2, 3
+            pixels = torch.zeros(3, rows * v.patch_size, cols * v.patch_size)
+            image = PreparedImage(pixels, rows, cols, "pixdesk-warm-up", (cols, rows))
+            prompts.append(EncodedPrompt([1, *image.token_ids(), 1000], [image]))
+        return prompts
 
     def stop(self) -> None:
         self.scheduler.stop()

@@ -16,6 +16,7 @@ from pixdesk.engine.events import Delta, Event, Finish, TokenLogprob, Usage
 from pixdesk.engine.sampling import SamplingParams, adjust_logits, make_generator, sample_one, token_logprobs
 from pixdesk.errors import ContextLengthExceeded
 from pixdesk.model.pixtral import Pixtral
+from pixdesk.model.regions import CompiledBlocks
 from pixdesk.tokenizer.chat import EncodedPrompt
 from pixdesk.tokenizer.tekken import Tekkenizer
 
@@ -33,18 +34,25 @@ def embed_prompt(
 
 
 def prefill(
-    model: Pixtral, kv: KVCache, slot: int, embeds: torch.Tensor, start: int, chunk: int = DEFAULT_CHUNK
+    model: Pixtral,
+    kv: KVCache,
+    slot: int,
+    embeds: torch.Tensor,
+    start: int,
+    chunk: int = DEFAULT_CHUNK,
+    blocks: CompiledBlocks | None = None,
 ) -> torch.Tensor:
     """Run embeddings (T, dim) at positions start.. into `slot`, `chunk` tokens per forward.
 
-    Returns fp32 logits (V,) of the last position only (the LM head runs once).
+    Returns fp32 logits (V,) of the last position only (the LM head runs once). `blocks`: the layers as
+    compiled regions (model/regions.py).
     """
     slots = torch.tensor([slot], device=model.device)
     h = None
     for lo in range(0, embeds.shape[0], chunk):
         part = embeds[lo : lo + chunk][None]  # (1, t, dim)
         pos = torch.arange(start + lo, start + lo + part.shape[1], device=model.device)[None]
-        h = model(part, pos, kv.view(slots, pos))
+        h = model(part, pos, kv.view(slots, pos), blocks)
     return model.logits(h[0, -1])
 
 

@@ -47,19 +47,28 @@ class Attention(nn.Module):
         self.wqkv = concat_linears([self.wq, self.wk, self.wv])
         del self.wq, self.wk, self.wv
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (B, T, dim) -> rotated q (B, T, H, D), rotated k and v (B, T, Hkv, D)."""
         B, T, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         if hasattr(self, "wqkv"):
             q, k, v = self.wqkv(x).split([H * D, Hkv * D, Hkv * D], dim=-1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(B, T, H, D)  # (B, T, H, D)
-        k = k.view(B, T, Hkv, D)  # (B, T, Hkv, D)
+        q = q.view(B, T, H, D)
+        k = k.view(B, T, Hkv, D)
         v = v.view(B, T, Hkv, D)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = attend(q, k, v)  # (B, T, H, D)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """Attention output (B, T, H, D) -> (B, T, dim)."""
+        B, T = out.shape[:2]
         return self.wo(out.reshape(B, T, self.n_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
+        return self.output(attend(*self.project(x, cos, sin)))
 
 
 class FeedForward(nn.Module):
@@ -90,7 +99,20 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(dim, hidden_dim)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attend: Attend) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, attend)
+        return self.finish(x, attend(*self.project(x, cos, sin)))
+
+    # The block in two halves around attention: what runs between the KV cache's read and write is the
+    # caller's, the rest can be compiled as regions shared by every layer (model/regions.py).
+
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input of the block -> q, k, v for attention (norm, projections, RoPE)."""
+        return self.attention.project(self.attention_norm(x), cos, sin)
+
+    def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
+        """Block input and attention output (B, T, H, D) -> block output (two residual branches)."""
+        h = x + self.attention.output(attended)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -123,4 +145,3 @@ def gqa_decode(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: 
     probs = torch.softmax(scores, dim=-1).to(values.dtype)
     out = torch.matmul(probs, values.transpose(1, 2))  # (B, Hkv, G, D)
     return out.reshape(B, 1, H, D)
-

@@ -15,6 +15,7 @@ from pixdesk.errors import ImageTokenMismatch
 from pixdesk.model.args import ModelArgs
 from pixdesk.model.layers import RMSNorm, TransformerBlock
 from pixdesk.model.quant import prepare_for_device
+from pixdesk.model.regions import CompiledBlocks
 from pixdesk.model.rope import rope_tables, text_angles
 from pixdesk.model.vision import VisionEncoder, VisionLanguageAdapter
 
@@ -55,11 +56,11 @@ class Pixtral(nn.Module):
     def device(self) -> torch.device:
         return self.tok_embeddings.weight.device
 
-    def encode_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+    def encode_images(self, images: list[torch.Tensor], blocks: CompiledBlocks | None = None) -> torch.Tensor:
         """Pixel tensors -> adapter outputs (sum of patches, dim), one row per [IMG] token."""
         if self.args.vision is None:
             raise ImageTokenMismatch("this checkpoint has no vision encoder; send text only")
-        feats = self.vision_encoder([img.to(self.device) for img in images])
+        feats = self.vision_encoder([img.to(self.device) for img in images], blocks)
         return self.vision_language_adapter(feats)
 
     def embed(self, ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -74,13 +75,18 @@ class Pixtral(nn.Module):
             h = h.masked_scatter(slots[..., None], image_features.to(h.dtype))
         return h
 
-    def forward(self, h: torch.Tensor, positions: torch.Tensor, kv: KVView) -> torch.Tensor:
-        """Embeddings (B, T, dim) at absolute positions (B, T) -> final-normed hidden states (B, T, dim)."""
+    def forward(
+        self, h: torch.Tensor, positions: torch.Tensor, kv: KVView, blocks: CompiledBlocks | None = None
+    ) -> torch.Tensor:
+        """Embeddings (B, T, dim) at absolute positions (B, T) -> final-normed hidden states (B, T, dim).
+
+        `blocks`: run each layer as compiled regions (model/regions.py; prefill on a GPU)."""
         t = self.args.text
         cos, sin = rope_tables(text_angles(positions, t.head_dim, t.rope_theta))  # (B, T, 1, hd/2)
         for i, layer in enumerate(self.layers):
-            h = layer(h, cos, sin, lambda q, k, v, i=i: kv.attend(i, q, k, v))
-        return self.norm(h)
+            attend = lambda q, k, v, i=i: kv.attend(i, q, k, v)  # noqa: E731
+            h = blocks(layer, h, cos, sin, attend) if blocks else layer(h, cos, sin, attend)
+        return blocks.norm(self.norm, h) if blocks else self.norm(h)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states -> fp32 logits (compute only the positions you need)."""

@@ -8,6 +8,7 @@ from torch import nn
 
 from pixdesk.model.args import VisionArgs
 from pixdesk.model.layers import RMSNorm, TransformerBlock, sdpa
+from pixdesk.model.regions import CompiledBlocks
 from pixdesk.model.rope import rope_tables, vision_angles
 
 
@@ -37,8 +38,10 @@ class VisionEncoder(nn.Module):
         self.ln_pre = RMSNorm(args.hidden_size, args.norm_eps)
         self.transformer = VisionTransformer(args)
 
-    def forward(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Images (3, H_i, W_i), multiples of patch_size -> features (sum_i h_i*w_i, hidden)."""
+    def forward(self, images: list[torch.Tensor], blocks: CompiledBlocks | None = None) -> torch.Tensor:
+        """Images (3, H_i, W_i), multiples of patch_size -> features (sum_i h_i*w_i, hidden).
+
+        `blocks`: run each layer as compiled regions (model/regions.py)."""
         patches, grids = [], []
         for img in images:
             emb = self.patch_conv(img.to(self.patch_conv.weight.dtype)[None])[0]  # (hidden, h, w)
@@ -47,8 +50,9 @@ class VisionEncoder(nn.Module):
         x = self.ln_pre(torch.cat(patches)[None])  # (1, L, hidden)
         cos, sin = self._rope(grids, x.device)
         spans = _spans(grids)
+        attend = lambda q, k, v: _block_diagonal(q, k, v, spans)  # noqa: E731
         for layer in self.transformer.layers:
-            x = layer(x, cos, sin, lambda q, k, v: _block_diagonal(q, k, v, spans))
+            x = blocks(layer, x, cos, sin, attend) if blocks else layer(x, cos, sin, attend)
         return x[0]
 
     def _rope(self, grids, device) -> tuple[torch.Tensor, torch.Tensor]:
