@@ -22,36 +22,60 @@ import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from pixdesk.engine.cache import KVCache
 
-TokenKey = int | tuple[str, int]
+
+class TokenKeys:
+    """Content keys of a token sequence as arrays: hashing a 4k-token image prompt costs ~1 ms, not ~10.
+
+    `codes[i]` is the token id, or -(1 + patch index) for an image's [IMG] token; `spans` holds
+    (first token, last token + 1, digest) per image. `keys + ids` appends generated ids (plain tokens).
+    """
+
+    def __init__(self, codes: np.ndarray, spans: tuple[tuple[int, int, str], ...] = ()):
+        self.codes, self.spans = codes, spans
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __add__(self, ids: list[int]) -> TokenKeys:
+        return TokenKeys(np.concatenate([self.codes, np.asarray(ids, dtype=np.int64)]), self.spans)
 
 
-def token_keys(
-    ids: list[int], image_digests: list[str], image_sizes: list[int], img_id: int
-) -> list[TokenKey]:
-    """Content key per token: the id, or (digest, patch index) for the n-th image's [IMG] tokens."""
-    keys: list[TokenKey] = []
-    image, patch = 0, 0
-    for t in ids:
-        if t == img_id and image < len(image_digests):
-            keys.append((image_digests[image], patch))
-            patch += 1
-            if patch == image_sizes[image]:
-                image, patch = image + 1, 0
-        else:
-            keys.append(t)
-    return keys
+def token_keys(ids: list[int], image_digests: list[str], image_sizes: list[int], img_id: int) -> TokenKeys:
+    """Content keys: the id, or (digest, patch index) for the n-th image's [IMG] tokens, in order."""
+    codes = np.asarray(ids, dtype=np.int64)
+    where = np.flatnonzero(codes == img_id)
+    spans, done = [], 0
+    for digest, size in zip(image_digests, image_sizes):
+        pos = where[done : done + size]
+        if not len(pos):
+            break
+        codes[pos] = -1 - np.arange(len(pos))
+        spans.append((int(pos[0]), int(pos[-1]) + 1, digest))
+        done += size
+    return TokenKeys(codes, tuple(spans))
 
 
-def chain_keys(keys: list[TokenKey], block: int) -> list[bytes]:
-    """One hash per full block; each covers the block and, through its parent, everything before it."""
-    out, parent = [], b"pixdesk-prefix-v1"
+def chain_keys(keys: TokenKeys | list[int], block: int) -> list[bytes]:
+    """One hash per full block; each covers the block and, through its parent, everything before it.
+
+    A block hashes its codes and the digests of the images it overlaps, in order. Given the same parent,
+    that is injective: within a block, a new image starts where the patch index restarts at 0.
+    """
+    if not isinstance(keys, TokenKeys):
+        keys = TokenKeys(np.asarray(keys, dtype=np.int64))
+    raw, width = keys.codes.tobytes(), keys.codes.itemsize
+    out, parent = [], b"pixdesk-prefix-v2"
     for lo in range(0, len(keys) - block + 1, block):
         h = hashlib.sha256(parent)
-        h.update(repr(keys[lo : lo + block]).encode())
+        h.update(raw[lo * width : (lo + block) * width])
+        for first, end, digest in keys.spans:
+            if first < lo + block and end > lo:
+                h.update(digest.encode())
         parent = h.digest()
         out.append(parent)
     return out

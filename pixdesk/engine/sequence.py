@@ -109,7 +109,7 @@ class Sequence:
     id: str = field(default_factory=lambda: f"req-{next(_ids)}")
     # scheduling state
     slot: int | None = None
-    token_keys: list = field(default_factory=list)  # content key per prompt token (prefix.token_keys)
+    token_keys: object = field(default_factory=list)  # content keys of the prompt (prefix.TokenKeys)
     block_keys: list[bytes] = field(default_factory=list)  # prefix-cache chain over the prompt
     match: Match | None = None
     embeds: torch.Tensor | None = None  # prompt embeddings from `start` on

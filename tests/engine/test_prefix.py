@@ -94,9 +94,20 @@ def test_token_keys_carry_image_content():
     ids = [1, 3, 10, 10, 12, 10, 10, 13, 4]
     ka = token_keys(ids, ["a"], [4], img_id=10)
     kb = token_keys(ids, ["b"], [4], img_id=10)
-    assert ka[:2] == kb[:2] and ka[2] == ("a", 0) and ka[5] == ("a", 2)
+    assert ka.codes.tolist() == kb.codes.tolist() == [1, 3, -1, -2, 12, -3, -4, 13, 4]  # -(1 + patch index)
+    assert ka.spans == ((2, 7, "a"),) and kb.spans == ((2, 7, "b"),)
     assert chain_keys(ka, 2)[0] == chain_keys(kb, 2)[0]  # block 0 = `<s>[INST]`
     assert all(x != y for x, y in zip(chain_keys(ka, 2)[1:], chain_keys(kb, 2)[1:]))
+    # generated ids appended to a prompt's keys are plain tokens: the prompt's blocks keep their keys
+    assert chain_keys(ka + [7, 8], 2)[:4] == chain_keys(ka, 2)
+
+
+def test_block_keys_tell_apart_where_a_second_image_starts():
+    """Two images of 2 patches vs one image of 4 (same digests listed): different codes, different keys."""
+    ids = [1, 10, 10, 10, 10, 4]
+    two = token_keys(ids, ["a", "a"], [2, 2], img_id=10)
+    one = token_keys(ids, ["a"], [4], img_id=10)
+    assert chain_keys(two, 6) != chain_keys(one, 6)
 
 
 def test_cache_on_and_off_agree_and_eviction_under_tiny_budget_is_safe(tiny):
