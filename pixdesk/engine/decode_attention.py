@@ -21,20 +21,21 @@ BLOCK_S = 64  # keys per inner step
 
 
 @triton.jit
-def _partial(q_ptr, k_ptr, v_ptr, len_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale, stride_kb,
-             stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
+             stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
     length = tl.minimum(tl.load(len_ptr + b), n_keys)
+    slot = tl.load(slot_ptr + b) if ROW_SLOTS else b
     rg, rd = tl.arange(0, GP), tl.arange(0, D)
     g_ok = rg < G
     q = tl.load(q_ptr + (bh * G + rg[:, None]) * D + rd[None, :], mask=g_ok[:, None], other=0.0)  # (GP, D)
     m_i = tl.full((GP,), float("-inf"), tl.float32)
     l_i = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, D), tl.float32)
-    kv_base = b * stride_kb + h * D
+    kv_base = slot.to(tl.int64) * stride_kb + h * D
     start = sp * SPLIT
     for s0 in range(start, tl.minimum(start + SPLIT, length), BLOCK_S):
         rs = s0 + tl.arange(0, BLOCK_S)
@@ -79,11 +80,18 @@ def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.co
 
 @torch.library.custom_op("pixdesk::decode_attention", mutates_args=())
 def decode_attention(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, n_keys: int
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    lengths: torch.Tensor,
+    n_keys: int,
+    slots: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """q (B, H, D); keys/values the cache (B, T, Hkv, D); lengths (B,) keys per slot; reads keys < n_keys.
+    """q (B, H, D); keys/values the cache (n_slots, T, Hkv, D); lengths (B,) keys per row; keys < n_keys.
 
-    Returns (B, H, D): softmax(q k^T / sqrt(D)) v over each slot's first min(length, n_keys) keys.
+    Row b reads slot b, or slot slots[b] when given (several rows of one slot: a short prefill as a batch of
+    single-token queries, each seeing the keys before its own position).
+    Returns (B, H, D): softmax(q k^T / sqrt(D)) v over each row's first min(length, n_keys) keys.
     """
     B, H, D = q.shape
     Hkv = keys.shape[2]
@@ -94,9 +102,9 @@ def decode_attention(
     m = torch.empty(B, H, n_splits, dtype=torch.float32, device=q.device)
     l_sum = torch.empty_like(m)
     _partial[(B * Hkv, n_splits)](
-        q, keys, values, lengths, partial, m, l_sum, n_keys, n_splits, D**-0.5, keys.stride(0),
-        keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D, SPLIT=SPLIT,
-        BLOCK_S=BLOCK_S,
+        q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
+        D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
+        SPLIT=SPLIT, BLOCK_S=BLOCK_S, ROW_SLOTS=slots is not None,
     )  # fmt: skip
     out = torch.empty_like(q)
     _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=max(2, triton.next_power_of_2(n_splits)))
@@ -104,5 +112,5 @@ def decode_attention(
 
 
 @decode_attention.register_fake
-def _(q, keys, values, lengths, n_keys):
+def _(q, keys, values, lengths, n_keys, slots=None):
     return torch.empty_like(q)

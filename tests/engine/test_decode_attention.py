@@ -31,6 +31,15 @@ CHECK = textwrap.dedent(
         out = decode_attention(q[:, 0], k, v, lengths, n_keys)
         assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5, (B, T, lens)
 
+    # rows mapped to slots: four rows of slot 1, each seeing the keys before its own position
+    k, v = torch.randn(3, 300, 2, 16, generator=g), torch.randn(3, 300, 2, 16, generator=g)
+    q = torch.randn(4, 1, 8, 16, generator=g)
+    lengths, slots = torch.tensor([1, 130, 131, 257]), torch.tensor([1, 1, 1, 1])
+    mask = torch.arange(256)[None, :] < lengths[:, None]
+    ref = gqa_decode(q, k[slots, :256], v[slots, :256], mask)[:, 0]
+    out = decode_attention(q[:, 0], k, v, lengths, 256, slots)
+    assert float((out - ref).abs().max()) < 1e-5
+
     # inside the static step: the same logits as the matmul form
     from pixdesk.engine.cache import KVCache
     from pixdesk.engine.static import StaticDecoder

@@ -1,0 +1,127 @@
+"""Short prefills as a CUDA-graph replay: a follow-up question after a prefix hit costs one weight read.
+
+A 20-token prefill run eagerly is launch-bound: ~20 kernels per layer from Python, ~20 ms on an H200
+for ~6 ms of GPU work (bench/profile_prefill.py). Here the T new tokens of one slot run as T rows of the
+decode step's shape, each row one token at its own position, padded to a row bucket (16, 32, 64): every
+row writes its keys and values first, then each row attends to the keys before its own position (row r
+sees `lengths[r] = position + 1` keys, the new rows before it included), which is causal attention.
+The step is compiled once (rows and key length dynamic) and captured per (rows, key bucket), like the
+decode step (engine/static.py); the LM head runs for the last real row only.
+
+Padded rows write to the slot's spare position (the decode step's park spot) and attend to one key;
+their outputs are never read.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pixdesk.engine.cache import KVCache
+from pixdesk.model.layers import gqa_decode
+
+ROW_BUCKETS = (16, 32, 64)
+
+
+class RowsView:
+    """KV view where row r is one token of slot `slots[r]` at `positions[r]`, attending `lengths[r]` keys."""
+
+    def __init__(self, cache: KVCache, slots, positions, lengths, key_pos: torch.Tensor, kernel: bool):
+        self.cache, self.slots, self.positions, self.lengths = cache, slots, positions, lengths
+        self.key_pos, self.kernel = key_pos, kernel
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        kc, vc = self.cache.k[layer], self.cache.v[layer]
+        kc[self.slots, self.positions] = k[:, 0]
+        vc[self.slots, self.positions] = v[:, 0]
+        n_keys = self.key_pos.shape[0]
+        if self.kernel:
+            out = torch.ops.pixdesk.decode_attention(q[:, 0], kc, vc, self.lengths, n_keys, self.slots)
+            return out[:, None]
+        mask = self.key_pos[None, :] < self.lengths[:, None]  # (rows, n_keys)
+        return gqa_decode(q, kc[self.slots, :n_keys], vc[self.slots, :n_keys], mask)
+
+
+class GraphPrefill:
+    """`run(slot, embeds, start)`: the same KV writes and last-position logits as `generate.prefill`."""
+
+    def __init__(self, model, cache: KVCache, *, compile: bool, kernel: bool, bucket_size: int = 512):
+        self.model, self.cache, self.bucket_size = model, cache, bucket_size
+        self.compile, self.kernel = compile, kernel
+        self.use_graphs = compile and cache.device.type == "cuda"
+        device, dim = cache.device, model.args.text.dim
+        rows = ROW_BUCKETS[-1]
+        self.h = torch.zeros(rows, 1, dim, dtype=model.dtype, device=device)
+        pinned = device.type == "cuda"
+        self._staging = torch.zeros(4, rows, dtype=torch.long, pin_memory=pinned)
+        self._io = torch.zeros(4, rows, dtype=torch.long, device=device)  # slots, positions, lengths, last
+        self._fn = None
+        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._key_pos: dict[int, torch.Tensor] = {}
+        self._pool = None
+
+    @staticmethod
+    def fits(n: int) -> bool:
+        return 0 < n <= ROW_BUCKETS[-1]
+
+    def _step(self, h, slots, positions, lengths, last, key_pos) -> torch.Tensor:
+        view = RowsView(self.cache, slots, positions, lengths, key_pos, self.kernel)
+        out = self.model(h, positions[:, None], view)  # (rows, 1, dim)
+        return self.model.logits(out[:, 0].index_select(0, last))[0]  # (V,) fp32
+
+    def _function(self):
+        if self._fn is None:
+            self._fn = torch.compile(self._step, fullgraph=True, dynamic=True) if self.compile else self._step
+        return self._fn
+
+    def _args(self, rows: int, bucket: int) -> tuple:
+        io = self._io[:, :rows]
+        return self.h[:rows], io[0], io[1], io[2], self._io[3, :1], self._keys(bucket)
+
+    def _keys(self, bucket: int) -> torch.Tensor:
+        if bucket not in self._key_pos:
+            self._key_pos[bucket] = torch.arange(bucket, device=self.cache.device)
+        return self._key_pos[bucket]
+
+    def _graph(self, rows: int, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        key = (rows, bucket)
+        if key not in self.graphs:
+            fn, args = self._function(), self._args(rows, bucket)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    fn(*args)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = fn(*args)
+            self.graphs[key] = (graph, out)
+        return self.graphs[key]
+
+    def run(self, slot: int, embeds: torch.Tensor, start: int) -> torch.Tensor:
+        """Embeddings (T, dim) of one slot at positions start.. (T <= 64) -> fp32 logits (V,) of the last."""
+        n = embeds.shape[0]
+        rows = next(r for r in ROW_BUCKETS if r >= n)
+        spare = self.cache.scratch_position
+        staged = self._staging
+        staged[0].fill_(slot)
+        staged[1].fill_(spare)
+        staged[1, :n] = torch.arange(start, start + n)
+        staged[2].fill_(1)
+        staged[2, :n] = staged[1, :n] + 1
+        staged[3, 0] = n - 1
+        self._io.copy_(staged, non_blocking=True)
+        self.h[:n, 0].copy_(embeds)
+        self.h[n:rows].zero_()
+        bucket = min(-(-(start + n) // self.bucket_size) * self.bucket_size, self.cache.max_len)
+        if self.use_graphs:
+            graph, logits = self._graph(rows, bucket)
+            graph.replay()
+            out = logits.clone()
+        else:
+            out = self._function()(*self._args(rows, bucket))
+        if staged.is_pinned():
+            torch.cuda.current_stream().synchronize()  # the staging buffer is reused by the next call
+        return out

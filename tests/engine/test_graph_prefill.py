@@ -1,0 +1,39 @@
+"""Short prefills as rows of the decode step's shape (engine/graph_prefill.py) equal the chunked prefill."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pixdesk.engine.cache import KVCache
+from pixdesk.engine.generate import prefill
+from pixdesk.engine.graph_prefill import GraphPrefill
+
+from .helpers import TOL
+
+
+@pytest.mark.parametrize(("start", "n"), [(0, 5), (37, 11), (48, 1), (20, 16), (30, 17), (3, 64)])
+def test_rows_prefill_equals_chunked_prefill(tiny, start, n):
+    model = tiny.model
+    g = torch.Generator().manual_seed(start * 100 + n)
+    prefix = model.tok_embeddings(torch.randint(10, 2000, (start,), generator=g))
+    new = model.tok_embeddings(torch.randint(10, 2000, (n,), generator=g))
+    kv_a, kv_b = KVCache.for_model(model, 3, 160), KVCache.for_model(model, 3, 160)
+    with torch.inference_mode():
+        for kv in (kv_a, kv_b):
+            if start:
+                prefill(model, kv, 1, prefix, 0)
+        want = prefill(model, kv_a, 1, new, start)
+        rows = GraphPrefill(model, kv_b, compile=False, kernel=False, bucket_size=32)
+        got = rows.run(1, new, start)
+    assert float((got - want).abs().max()) <= TOL * float(want.abs().max())
+    end = start + n
+    for layer in range(len(kv_a.k)):  # the same keys and values in the slot, other slots untouched
+        assert torch.allclose(kv_a.k[layer][1, :end], kv_b.k[layer][1, :end], atol=1e-5)
+        assert torch.allclose(kv_a.v[layer][1, :end], kv_b.v[layer][1, :end], atol=1e-5)
+        assert not kv_b.k[layer][[0, 2]].any()
+
+
+def test_fits_up_to_the_largest_row_bucket():
+    assert GraphPrefill.fits(1) and GraphPrefill.fits(64)
+    assert not GraphPrefill.fits(0) and not GraphPrefill.fits(65)
