@@ -96,7 +96,7 @@ def main() -> None:
     mins = {k: f / (tflops * 1e12) * 1e3 for k, f in flops_parts().items()}
     print(f"{args.quant}: matmul {tflops:.0f} TFLOP/s; FLOP minimum: vision {mins['vision']:.1f} ms, "
           f"decoder {mins['decoder']:.1f} ms ({n} tokens)")  # fmt: skip
-    print(f"| blocks | vision ms | decoder prefill ms | vision+decoder vs FLOP min | follow-up 20 tok ms | first run s |")
+    print("| blocks | vision ms | decoder prefill ms | vision+decoder vs FLOP min | follow-up 20 tok ms | first run s |")
     print("|---|---|---|---|---|---|")
     for label, vis, dec, fol, first in rows:
         ratio = (vis + dec) / (mins["vision"] + mins["decoder"])
