@@ -87,21 +87,29 @@ def adjust_logits(logits: torch.Tensor, params: SamplingParams, counts: dict[int
     return logits
 
 
-def greedy_picks(logits: torch.Tensor, biases: list[dict[int, float] | None]) -> list[int | None]:
-    """Greedy ids for a batch (B, V) with one device->host transfer: row i takes part where biases[i] is not
-    None, its logit bias added to a copy first (the same pick as `adjust_logits` + `sample_one`)."""
-    if all(b is None for b in biases):
-        return [None] * len(biases)
+def greedy_ids(logits: torch.Tensor, biases: list[dict[int, float] | None]) -> torch.Tensor:
+    """Greedy ids (B,) of a batch (B, V), left on the logits' device. Row i's logit bias (biases[i]; None or
+    {} for none) is added to a copy first, so its id is the pick of `adjust_logits` + `sample_one`.
+
+    Nothing here waits for the device (the bias goes up through pinned memory; a plain host->device copy
+    waits for the stream), so the scheduler can queue this behind a step that is still running."""
     triples = [(i, tok, v) for i, b in enumerate(biases) if b for tok, v in b.items()]
     scores = logits
     if triples:
         scores = logits.clone()
-        rows = torch.tensor([i for i, _, _ in triples], device=logits.device)
-        toks = torch.tensor([t for _, t, _ in triples], device=logits.device)
-        values = torch.tensor([v for _, _, v in triples], dtype=logits.dtype, device=logits.device)
-        scores.index_put_((rows, toks), values, accumulate=True)
-    picks = scores.argmax(-1).tolist()
-    return [p if b is not None else None for p, b in zip(picks, biases)]
+        rows, toks, values = zip(*triples)
+        index = _to_device([rows, toks], torch.long, logits.device)
+        scores.index_put_(
+            (index[0], index[1]), _to_device(values, logits.dtype, logits.device), accumulate=True
+        )
+    return scores.argmax(-1)
+
+
+def _to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    t = torch.tensor(values, dtype=dtype)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)  # the pinned block is held until the copy ran
+    return t.to(device)
 
 
 def sample_one(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:

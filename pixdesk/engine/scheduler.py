@@ -5,6 +5,15 @@ for every sequence that is decoding, so a new request prefills while others deco
 never stalls the rest for more than one chunk. Batch requests may hold at most `max_batch -
 reserved_interactive` slots, so an interactive question is admitted at once even behind a folder job.
 A failure in one request (BaseException included) ends that request only.
+
+Pipelined decode (`pipeline_decode`, static step only): when step n+1 is sure to be the step the plain
+loop runs next (every row greedy and picked on the device, no logprobs, no prefill waiting, nobody at its
+last allowed token), `_decode` launches it from step n's picks while they are still on the device, and
+only then reads and accounts step n (`_collect`), so that bookkeeping overlaps the device's work. Step n+1
+stays in flight into the next iteration. `_collect` drops the rows of sequences that ended meanwhile
+(EOS, stop string, cancellation); engine/pipeline.py says why their KV writes harm nothing. A prefill
+collects the step in flight first (`_drain`). Tokens, events, stage hooks and counters equal the plain
+loop's; only a request admitted mid-decode makes the old sequences' steps split differently (`_drain`).
 """
 
 from __future__ import annotations
@@ -23,8 +32,9 @@ from pixdesk.engine.cache import KVCache
 from pixdesk.engine.events import Finish, Usage
 from pixdesk.engine.features import FeatureCache, prompt_features
 from pixdesk.engine.generate import decode_step, prefill
+from pixdesk.engine.pipeline import PendingStep, feed_position, launch_step, room_for_another
 from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
-from pixdesk.engine.sampling import adjust_logits, greedy_picks, sample_one
+from pixdesk.engine.sampling import adjust_logits, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
 from pixdesk.engine.sizing import resolve_max_context
 from pixdesk.engine.static import StaticDecoder
@@ -52,12 +62,7 @@ class SchedulerConfig:
     image_cache_bytes: int = 64 * 2**20
     static_decode: bool | None = None  # all slots in one fixed-shape step; None: on a GPU
     compile: bool | None = None  # torch.compile + CUDA graphs for the static step; None: on a GPU
-
-
-def _batch_greedy(seq: Sequence) -> bool:
-    """Greedy rows the batch picks with one argmax: no grammar mask, no penalties (a logit bias is fine)."""
-    p = seq.params
-    return p.temperature == 0 and seq.mask is None and not (p.frequency_penalty or p.presence_penalty)
+    pipeline_decode: bool = True  # greedy steps: launch the next before reading this one's picks (static)
 
 
 class Scheduler:
@@ -72,6 +77,8 @@ class Scheduler:
         static = on_gpu if config.static_decode is None else config.static_decode
         self.decoder = StaticDecoder(model, self.kv, compile=config.compile) if static else None
         self.stats = EngineStats()
+        self._inflight: PendingStep | None = None  # a launched decode step not yet collected (pipelining)
+        self._collected_at = 0.0  # perf_counter when the last step was collected
         self.queues: dict[str, deque[Sequence]] = {p: deque() for p in PRIORITIES}
         self.active: list[Sequence] = []
         self.free_slots = list(range(config.max_batch))[::-1]
@@ -121,6 +128,7 @@ class Scheduler:
             self.thread.join(timeout)
         for seq in [*self.active, *self.queues["interactive"], *self.queues["batch"]]:
             self._finish(seq, "cancelled")
+        self._inflight = None  # its rows belonged to the sequences just cancelled
 
     # ------------------------------------------------------------------------------ worker
 
@@ -131,12 +139,17 @@ class Scheduler:
                     self.cond.wait(timeout=1.0)
                 if not self.running:
                     return
-                self._reap_cancelled()
-                admitted = self._admit()
-            with torch.inference_mode():  # the heavy part of admission runs outside the lock
-                for seq in admitted:
-                    self._guarded(seq, "admit", lambda seq=seq: self._start(seq))
-                self._iteration()
+            self.run_once()
+
+    def run_once(self) -> None:
+        """One turn of the worker loop (tests call it without the thread, for a schedule they control)."""
+        with self.cond:
+            self._reap_cancelled()
+            admitted = self._admit()
+        with torch.inference_mode():  # the heavy part of admission runs outside the lock
+            for seq in admitted:
+                self._guarded(seq, "admit", lambda seq=seq: self._start(seq))
+            self._iteration()
 
     def _has_work(self) -> bool:
         return bool(self.active) or any(self.queues.values())
@@ -144,6 +157,7 @@ class Scheduler:
     def _iteration(self) -> None:
         target = self._next_prefill()
         if target is not None:
+            self._drain()  # the batch is about to grow: account the step in flight first
             self._guarded(target, "prefill", lambda: self._prefill_chunk(target))
         decoding = [s for s in self.active if s.decoding and s.pending is not None]
         if decoding:
@@ -218,39 +232,95 @@ class Scheduler:
             self._sample(seq, logits)
 
     def _decode(self, seqs: list[Sequence]) -> None:
-        start = time.perf_counter()
-        slots = torch.tensor([s.slot for s in seqs])
-        tokens = torch.tensor([s.pending for s in seqs])
-        positions = torch.tensor([s.n_prompt + len(s.generated) - 1 for s in seqs])
+        """One decode step for `seqs`: the step in flight, or a new one. Before reading its picks, launch the
+        next step from them when that is safe (module docstring), so the device never waits for the host."""
+        if self._inflight is not None:
+            step = self._take_inflight()
+        else:
+            tokens, positions = torch.tensor([s.pending for s in seqs]), [feed_position(s) for s in seqs]
+            step = self._isolated(seqs, lambda: self._launch(seqs, tokens, positions))
+        if step is None:
+            return  # nothing live in flight, or failed as a batch and redone one by one
+        if self._may_pipeline(step, seqs):
+            self._inflight = self._launch_next(step)
+        self._collect(step)
+
+    def _drain(self) -> None:
+        step = self._take_inflight()
+        if step is not None:
+            self._collect(step)
+
+    def _take_inflight(self) -> PendingStep | None:
+        """The step in flight, its 'decode' hooks fired now for its live rows: where the plain loop fires
+        them, on the same sequence state (it was launched before the previous step's picks were read)."""
+        step, self._inflight = self._inflight, None
+        live = [s for s in step.seqs if s in self.active] if step is not None else []
+        return self._isolated(live, lambda: step) if live else None
+
+    def _isolated(self, seqs: list[Sequence], launch: Callable[[], PendingStep]) -> PendingStep | None:
+        """The 'decode' hooks, then `launch()`; if either fails, redo `seqs` one by one, so only the failing
+        request ends."""
         try:
             if self.stage_hook:
                 for s in seqs:
                     self.stage_hook("decode", s)
-            if self.decoder is not None:
-                logits = self.decoder.step(slots, tokens, positions)
-            else:
-                logits = decode_step(self.model, self.kv, slots, tokens, positions)
+            return launch()
         except _PASS_THROUGH:
             raise
-        except BaseException:  # isolate: redo one by one so only the failing request ends
+        except BaseException:
             log.exception("batched decode step failed; retrying its %d sequences one by one", len(seqs))
-            for i, s in enumerate(seqs):
-                self._guarded(
-                    s, "decode", lambda s=s, i=i: self._decode_one(s, slots[i], tokens[i], positions[i])
-                )
-            return
-        # Greedy rows: one argmax over the batch and one device->host transfer per step.
-        plain = [_batch_greedy(s) for s in seqs]
-        picks = greedy_picks(logits, [s.params.logit_bias if ok else None for s, ok in zip(seqs, plain)])
-        for i, s in enumerate(seqs):
-            pick = picks[i] if plain[i] else None
-            self._guarded(s, "sample", lambda s=s, i=i, pick=pick: self._sample(s, logits[i], pick))
-        self.stats.record_decode_step(len(seqs), time.perf_counter() - start)
+            for s in seqs:
+                self._guarded(s, "decode", lambda s=s: self._decode_one(s))
+            return None
 
-    def _decode_one(self, seq: Sequence, slot, token, position) -> None:
+    def _may_pipeline(self, step: PendingStep, seqs: list[Sequence]) -> bool:
+        """Is the step after `step` sure to be the one the plain loop runs next, and inside the cache?"""
+        return (
+            self.config.pipeline_decode
+            and self.decoder is not None
+            and step.seqs == seqs  # none ended since `step` was launched
+            and all(step.greedy)
+            and not any(s.params.logprobs for s in seqs)  # their logits row would need the host
+            and self._next_prefill() is None
+            and all(room_for_another(s, p, self.kv.max_len) for s, p in zip(seqs, step.positions))
+        )
+
+    def _launch_next(self, step: PendingStep) -> PendingStep | None:
+        """The step after `step`, fed with its picks still on the device. None if it failed: the next
+        iteration then launches afresh, where a failure is isolated as usual."""
+        try:
+            positions = [p + 1 for p in step.positions]
+            return self._launch(step.seqs, step.picks, positions, speculative=True)
+        except _PASS_THROUGH:
+            raise
+        except BaseException:
+            log.warning("pipelined decode launch failed; the next step runs unpipelined", exc_info=True)
+            return None
+
+    def _launch(self, seqs, tokens, positions, speculative=False) -> PendingStep:
+        args = (self.model, self.kv, self.decoder, seqs, tokens, positions)
+        return launch_step(*args, speculative=speculative)
+
+    def _collect(self, step: PendingStep) -> None:
+        """Read the step's picks, then sample, account and stream each row whose sequence is still active."""
+        rows = [i for i, s in enumerate(step.seqs) if s in self.active]
+        if not rows:
+            return
+        picks = step.host_picks()
+        for i in rows:
+            s = step.seqs[i]
+            self._guarded(s, "sample", lambda s=s, i=i: self._sample(s, step.logits[i], picks[i]))
+        now = time.perf_counter()
+        # A pipelined step ran while the previous one was accounted: time it from that collection on.
+        self.stats.record_decode_step(len(rows), now - max(step.t_start, self._collected_at))
+        self.stats.pipelined_steps += step.speculative
+        self._collected_at = now
+
+    def _decode_one(self, seq: Sequence) -> None:
         if self.stage_hook:
             self.stage_hook("decode", seq)
-        logits = decode_step(self.model, self.kv, slot[None], token[None], position[None])[0]
+        slot, token, position = (torch.tensor([v]) for v in (seq.slot, seq.pending, feed_position(seq)))
+        logits = decode_step(self.model, self.kv, slot, token, position)[0]
         self.stats.record_decode_step(1)
         self._sample(seq, logits)
 

@@ -130,19 +130,29 @@ class StaticDecoder:
         return self.key_pos[bucket]
 
     def step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V) for those rows."""
-        slots, tokens, positions = slots.cpu(), tokens.cpu(), positions.cpu()
+        """tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V) for those rows.
+
+        Host `tokens` travel with the positions through the pinned staging buffer. `tokens` already on the
+        decoder's device (the previous step's picks, for the scheduler's pipelined decode) are written into
+        the input buffer by a device op queued before the step, so no device->host trip separates two steps.
+        (On a CPU decoder every tensor is on its device: the same op, no staging for the tokens.)
+        """
+        slots, positions = slots.cpu(), positions.cpu()
+        on_device = tokens.device == self.tokens.device
         if self._copied is not None:
             self._copied.synchronize()  # the previous step's copy has left the pinned buffer
         staged = self._staging
         staged[0].zero_()
         staged[1].fill_(self.cache.scratch_position)
-        staged[0, slots] = tokens
+        if not on_device:
+            staged[0, slots] = tokens
         staged[1, slots] = positions
         staged[2, : len(slots)] = slots
         self._io.copy_(staged, non_blocking=True)
         if self._copied is not None:
             self._copied.record()
+        if on_device:  # same stream, after the copy above and before the step reads the buffer
+            self.tokens.index_copy_(0, self._rows[: len(slots)], tokens.to(torch.long))
         bucket = self.bucket(int(positions.max()) + 1)
         if self.use_graphs:
             graph, logits = self._graph(bucket)

@@ -19,6 +19,7 @@ class EngineStats:
     generated_tokens: int = 0
     prefill_chunks: int = 0
     decode_steps: int = 0
+    pipelined_steps: int = 0  # decode steps launched before the previous step's picks were read
     seqs_per_step: Counter = field(default_factory=Counter)  # batch size -> decode steps
     decode_seconds: Counter = field(default_factory=Counter)  # batch size -> seconds in those steps
     vision_calls: int = 0  # images encoded (feature-cache misses)
@@ -71,6 +72,7 @@ class EngineStats:
             "tokens_per_s": self.generated_tokens / elapsed if elapsed else 0.0,
             "prefill_chunks": self.prefill_chunks,
             "decode_steps": self.decode_steps,
+            "pipelined_steps": self.pipelined_steps,
             "seqs_per_decode_step": dict(self.seqs_per_step),
             "decode_tok_s_by_batch": {b: self.decode_tok_s(b) for b in self.seqs_per_step},
             "mean_seqs_per_decode_step": (
