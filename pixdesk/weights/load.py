@@ -1,8 +1,9 @@
 """Find a checkpoint's layout, read its config, and stream its safetensors into a model built on meta.
 
-Tensors are read one at a time from the files and moved to the target device and dtype, so
-loading to a GPU never holds a second host copy of the checkpoint. Every name, shape and dtype is checked
-(strict); pickles are never loaded.
+Tensors are read by several threads straight into their final CPU tensors, or through a few pinned staging
+buffers into their device tensors (weights/stream.py), so loading to a GPU never holds a second host copy
+of the checkpoint. Every name, shape and dtype is checked (strict) before any data is read; pickles are
+never loaded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import math
 import struct
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from pixdesk.errors import InvalidCheckpoint, InvalidConfig, ModelNotFound
 from pixdesk.model.args import ModelArgs, from_hf_config, from_params_json
 from pixdesk.model.pixtral import Pixtral
 from pixdesk.weights.layouts import canonical_hf, hf_name_table, permute_from_hf, qk_heads
+from pixdesk.weights.stream import stream_bytes
 
 _DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
 _STORED_DTYPES = {**_DTYPES, "I8": torch.int8, "U8": torch.uint8}  # the quantized cache adds integers
@@ -173,8 +176,40 @@ def plan_tensors(files: CheckpointFiles, model: nn.Module, args: ModelArgs) -> l
     return list(planned.values())
 
 
+def stored_dtype(info: TensorInfo) -> torch.dtype:
+    """The torch dtype of a stored tensor; its byte size must match its shape."""
+    dtype = _STORED_DTYPES.get(info.dtype)
+    if dtype is None or info.nbytes != math.prod(info.shape) * dtype.itemsize:
+        raise InvalidCheckpoint(f"{info.file}: tensor {info.name!r}: bad dtype {info.dtype} or byte size")
+    return dtype
+
+
+def stream_tensors(
+    infos: list[TensorInfo], device: str | torch.device, **opts
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (index into infos, tensor of its stored dtype and shape), in any order, on `device` when it is
+    a CUDA device, else on the CPU. Every dtype and size is checked before the first read."""
+    dtypes = [stored_dtype(i) for i in infos]
+    with closing(stream_bytes(infos, device, **opts)) as raws:  # closing: stop the readers now, not at GC
+        for k, raw in raws:
+            yield k, raw.view(dtypes[k]).reshape(infos[k].shape)
+
+
+def iter_planned(
+    plan: list[_Planned], device: str | torch.device, **opts
+) -> Iterator[tuple[_Planned, torch.Tensor]]:
+    """Yield (plan entry, tensor in native convention and its stored dtype), in any order, on `device` when
+    it is CUDA (the HF q/k permutation then runs there), else on the CPU."""
+    with closing(stream_tensors([p.info for p in plan], device, **opts)) as tensors:
+        for k, t in tensors:
+            p = plan[k]
+            yield p, (permute_from_hf(t, p.permute_heads) if p.permute_heads else t)
+
+
 def iter_tensors(plan: list[_Planned]) -> Iterator[tuple[_Planned, torch.Tensor]]:
-    """Yield (plan entry, CPU tensor in native convention), one tensor at a time, file by file.
+    """Yield (plan entry, CPU tensor in native convention), one tensor at a time, file by file, on this
+    thread: the plain reader for a single tensor (`read_tensor`) and the reference the streamer is tested
+    against.
 
     Plain positional reads instead of one mmap of the whole file: a 25 GB mapping is refused outright on a
     machine with less memory than that (heuristic overcommit), while reading tensor by tensor needs only
@@ -195,9 +230,7 @@ def iter_tensors(plan: list[_Planned]) -> Iterator[tuple[_Planned, torch.Tensor]
 
 def read_tensor_data(f, info: TensorInfo) -> torch.Tensor:
     """One tensor's bytes from an open file, as a CPU tensor of its stored dtype and shape."""
-    dtype = _STORED_DTYPES.get(info.dtype)
-    if dtype is None or info.nbytes != math.prod(info.shape) * dtype.itemsize:
-        raise InvalidCheckpoint(f"{info.file}: tensor {info.name!r}: bad dtype {info.dtype} or byte size")
+    dtype = stored_dtype(info)
     buf = torch.empty(info.nbytes, dtype=torch.uint8)
     f.seek(info.offset)
     if f.readinto(memoryview(buf.numpy())) != info.nbytes:
@@ -218,7 +251,10 @@ def build_model(
     device: str | torch.device = "cpu",
     progress: Progress | None = None,
 ) -> Pixtral:
-    """Build the model on meta, then stream each tensor in. `device="meta"` validates without reading data."""
+    """Build the model on meta, then stream each tensor in. `device="meta"` validates without reading data.
+
+    A CUDA target gets each tensor on the device in its stored dtype; the conversion to `dtype` runs there.
+    """
     args = read_args(files)
     with torch.device("meta"):
         model = Pixtral(args)
@@ -228,11 +264,12 @@ def build_model(
         for p in plan:
             _assign(model, p.target, torch.empty(p.info.shape, dtype=dtype, device="meta"))
         return model.eval()
-    for p, tensor in iter_tensors(plan):
-        _assign(model, p.target, tensor.to(device=device, dtype=dtype))
-        done += p.info.nbytes
-        if progress:
-            progress(done, total)
+    with closing(iter_planned(plan, device)) as tensors:
+        for p, tensor in tensors:
+            _assign(model, p.target, tensor.to(device=device, dtype=dtype))
+            done += p.info.nbytes
+            if progress:
+                progress(done, total)
     return model.eval()
 
 

@@ -5,10 +5,13 @@ the checkpoint's manifest (file names, sizes, mtimes and tensor headers), the qu
 pixdesk version. So a changed checkpoint, format or version misses and the cache is rebuilt; a hit loads the
 quantized tensors directly (a fraction of the float bytes, no quantization work).
 
-Quantizing streams the checkpoint tensor by tensor: a decoder linear's float weight goes to the device,
-is quantized there and replaced, so the peak is the quantized model plus one float weight (a 12 GiB card
-never holds the 25 GB float model). The entry is written to a temporary folder and renamed into place, so
-a crash never leaves a half-written entry that a later start would trust.
+Quantizing streams the checkpoint (weights/stream.py: reader threads, pinned staging for a CUDA target): a
+decoder linear's float weight lands on the device in its stored dtype, is quantized there and replaced, so
+the peak is the quantized model plus the float weights in flight (the streamer's `max_ahead`, about 1 GiB;
+a 12 GiB card never holds the 25 GB float model). A cache hit streams the same way.
+
+The entry is written to a temporary folder and renamed into place, so a crash never leaves a half-written
+entry that a later start would trust.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import struct
 import time
+from contextlib import closing
 from pathlib import Path
 
 import torch
@@ -39,12 +43,14 @@ from pixdesk.model.quant import (
 from pixdesk.weights.load import (
     CheckpointFiles,
     Progress,
+    TensorInfo,
     _assign,
-    iter_tensors,
+    iter_planned,
     plan_tensors,
     read_args,
     read_header,
-    read_tensor_data,
+    stored_dtype,
+    stream_tensors,
 )
 
 log = logging.getLogger("pixdesk.weights")
@@ -133,16 +139,17 @@ def quantize_from_checkpoint(
     linears = {f"{n}.weight": n for n in decoder_linear_names(model)}
     plan = plan_tensors(files, model, args)
     total, done = sum(p.info.nbytes for p in plan), 0
-    for p, tensor in iter_tensors(plan):
-        if p.target in linears:
-            w = tensor.to(device=device)
-            set_module(model, linears[p.target], quantize_linear(w, spec))
-            del w
-        else:
-            _assign(model, p.target, tensor.to(device=device, dtype=dtype))
-        done += p.info.nbytes
-        if progress:
-            progress(done, total)
+    with closing(iter_planned(plan, device)) as tensors:  # an error here stops the readers at once
+        for p, tensor in tensors:
+            if p.target in linears:
+                w = tensor.to(device=device)
+                set_module(model, linears[p.target], quantize_linear(w, spec))
+                del w
+            else:
+                _assign(model, p.target, tensor.to(device=device, dtype=dtype))
+            done += p.info.nbytes
+            if progress:
+                progress(done, total)
     return model.eval()
 
 
@@ -192,27 +199,34 @@ def _load_entry(files, entry: Path, spec: QuantSpec, dtype, device, progress: Pr
     model = _empty_quantized(files, spec)
     floats = dict(model.named_parameters())  # vision, norms, embeddings: follow the requested dtype
     quantized = dict(model.named_buffers())  # int8/uint8 weights, scales, minimums: exactly as stored
-    infos = {i.name: i for i in read_header(entry / CACHE_FILE)}
-    if set(infos) != set(floats) | set(quantized):
-        odd = sorted(set(infos) ^ (set(floats) | set(quantized)))
-        raise InvalidCheckpoint(f"{entry}: tensors differ from the model ({odd[0]!r})")
-    total, done = sum(i.nbytes for i in infos.values()), 0
-    with open(entry / CACHE_FILE, "rb") as f:
-        for info in sorted(infos.values(), key=lambda i: i.offset):
-            want = floats.get(info.name, quantized.get(info.name))
-            if tuple(info.shape) != tuple(want.shape):
-                raise InvalidCheckpoint(f"{entry}: tensor {info.name!r} has shape {list(info.shape)}")
-            t = read_tensor_data(f, info)
-            if info.name in floats:
-                _assign(model, info.name, t.to(device=device, dtype=dtype))
-            elif t.dtype != want.dtype:
-                raise InvalidCheckpoint(f"{entry}: tensor {info.name!r} has dtype {info.dtype}")
+    infos = read_header(entry / CACHE_FILE)
+    _check_entry(entry, infos, floats, quantized)
+    total, done = sum(i.nbytes for i in infos), 0
+    with closing(stream_tensors(infos, device)) as tensors:
+        for k, t in tensors:
+            name = infos[k].name
+            if name in floats:
+                _assign(model, name, t.to(device=device, dtype=dtype))
             else:
-                _put_buffer(model, info.name, t.to(device=device))
-            done += info.nbytes
+                _put_buffer(model, name, t.to(device=device))
+            done += infos[k].nbytes
             if progress:
                 progress(done, total)
     return model.eval()
+
+
+def _check_entry(entry: Path, infos: list[TensorInfo], floats: dict, quantized: dict) -> None:
+    """Names, shapes and dtypes of the cache file against the empty quantized model, before any read."""
+    names = {i.name for i in infos}
+    if names != set(floats) | set(quantized) or len(names) != len(infos):
+        odd = sorted(names ^ (set(floats) | set(quantized))) or ["(a duplicate)"]
+        raise InvalidCheckpoint(f"{entry}: tensors differ from the model ({odd[0]!r})")
+    for info in infos:
+        want = floats.get(info.name, quantized.get(info.name))
+        if tuple(info.shape) != tuple(want.shape):
+            raise InvalidCheckpoint(f"{entry}: tensor {info.name!r} has shape {list(info.shape)}")
+        if info.name in quantized and stored_dtype(info) != want.dtype:
+            raise InvalidCheckpoint(f"{entry}: tensor {info.name!r} has dtype {info.dtype}")
 
 
 def _put_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
