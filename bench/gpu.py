@@ -248,7 +248,7 @@ def stage_ready(args) -> None:
         if child:  # ready = spawn -> loaded, compiled, captured: when the daemon would answer
             res[f"ready_{label}_s"] = child["imports_s"] + child["load_s"] + child["engine_start_s"]
         res[f"child_{label}"] = child or {"rc": proc.returncode, "stderr": proc.stderr[-3000:]}
-    save(args, "ready", res)
+        save(args, "ready", res)  # after each child: a run cut short keeps what it measured
 
 
 def stage_ready_child(args) -> None:
