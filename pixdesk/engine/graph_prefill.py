@@ -18,6 +18,8 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
+from pixdesk.model.quant import QuantLinear
+from pixdesk.model.quant_ops import DECODE_ROWS
 
 ROW_BUCKETS = (16, 32, 64)
 
@@ -48,6 +50,12 @@ class GraphPrefill:
         self.model, self.cache, self.bucket_size = model, cache, bucket_size
         self.compile, self.kernel = compile, kernel
         self.use_graphs = compile and cache.device.type == "cuda"
+        # Quantized linears read packed weights only up to DECODE_ROWS rows; past that they dequantize the
+        # whole weight per call (model/quant_ops.py), no cheaper inside a graph than in the eager prefill.
+        quantized = any(isinstance(m, QuantLinear) for m in model.modules())
+        self.row_buckets = (
+            tuple(r for r in ROW_BUCKETS if not quantized or r <= DECODE_ROWS) or ROW_BUCKETS[:1]
+        )
         device, dim = cache.device, model.args.text.dim
         rows = ROW_BUCKETS[-1]
         self.h = torch.zeros(rows, 1, dim, dtype=model.dtype, device=device)
@@ -59,9 +67,8 @@ class GraphPrefill:
         self._key_pos: dict[int, torch.Tensor] = {}
         self._pool = None
 
-    @staticmethod
-    def fits(n: int) -> bool:
-        return 0 < n <= ROW_BUCKETS[-1]
+    def fits(self, n: int) -> bool:
+        return 0 < n <= self.row_buckets[-1]
 
     def _step(self, h, slots, positions, lengths, last, key_pos) -> torch.Tensor:
         view = RowsView(self.cache, slots, positions, lengths, key_pos, self.kernel)
@@ -101,9 +108,9 @@ class GraphPrefill:
         return self.graphs[key]
 
     def run(self, slot: int, embeds: torch.Tensor, start: int) -> torch.Tensor:
-        """Embeddings (T, dim) of one slot at positions start.. (T <= 64) -> fp32 logits (V,) of the last."""
+        """Embeddings (T, dim) of a slot at positions start.. (`fits(T)`) -> fp32 logits (V,) of the last."""
         n = embeds.shape[0]
-        rows = next(r for r in ROW_BUCKETS if r >= n)
+        rows = next(r for r in self.row_buckets if r >= n)
         spare = self.cache.scratch_position
         staged = self._staging
         staged[0].fill_(slot)

@@ -34,6 +34,14 @@ def test_rows_prefill_equals_chunked_prefill(tiny, start, n):
         assert not kv_b.k[layer][[0, 2]].any()
 
 
-def test_fits_up_to_the_largest_row_bucket():
-    assert GraphPrefill.fits(1) and GraphPrefill.fits(64)
-    assert not GraphPrefill.fits(0) and not GraphPrefill.fits(65)
+def test_fits_up_to_the_largest_row_bucket(tiny_dir):
+    from pixdesk.model.quant import QuantSpec, quantize_model
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_dir).model
+    rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), compile=False, kernel=False)
+    assert rows.fits(1) and rows.fits(64)
+    assert not rows.fits(0) and not rows.fits(65)
+    quantize_model(model, QuantSpec("int8"))  # past 16 rows quantized linears dequantize: no gain in a graph
+    rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), compile=False, kernel=False)
+    assert rows.fits(16) and not rows.fits(17)
