@@ -6,6 +6,7 @@
   multiply-reduce form (`gqa_decode_reduce`), each compiled as the static step compiles it.
 
     PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
+    PARTS=attention ATTENTION=kernel,kernel2 ...   # one part; attention forms: matmul, kernel, kernel2 (2 launches)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-ATTENTION = os.environ.get("ATTENTION", "matmul,kernel").split(",")
+ATTENTION = os.environ.get("ATTENTION", "matmul,kernel,kernel2").split(",")
 SHAPES = [(6144, 5120), (5120, 4096), (28672, 5120), (5120, 14336)] * 40 + [(131072, 5120)]
 
 
@@ -120,6 +121,8 @@ def attention_step(name, ks, vs):
 
 
 def attention(res: dict) -> None:
+    import pixdesk.engine.decode_attention as da
+
     S, T, Hkv, D, H = 4352, 4353, 8, 128, 32
     for slots in (1, 8):
         ks = [torch.randn(slots, T, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(40)]
@@ -129,11 +132,13 @@ def attention(res: dict) -> None:
         key_pos = torch.arange(S, device="cuda")
         torch._dynamo.mark_dynamic(key_pos, 0)
         for name in ATTENTION:
+            da.FUSED_MERGE = name != "kernel2"  # "kernel2": the split kernel + a separate merge kernel
             step = attention_step(name, ks, vs)
             t0 = time.perf_counter()
             step(q, key_pos, pos)
             res[f"attn_{name}_slots{slots}_compile_s"] = time.perf_counter() - t0
             t = graph_time(lambda step=step, q=q, key_pos=key_pos, pos=pos: step(q, key_pos, pos))
+            da.FUSED_MERGE = True
             res[f"attn_{name}_slots{slots}_ms"] = t * 1e3
             res[f"attn_{name}_slots{slots}_GBps"] = 2 * 40 * slots * S * Hkv * D * 2 / t / 1e9
             print(json.dumps(res), flush=True)
@@ -149,7 +154,8 @@ def main() -> None:
     res["triton"] = triton.__version__
     out = Path(os.environ.get("OUT", "bench-out"))
     out.mkdir(parents=True, exist_ok=True)
-    for part in (attention, linear_chains):
+    parts = os.environ.get("PARTS", "attention,linear_chains").split(",")
+    for part in [f for f in (attention, linear_chains) if f.__name__ in parts]:
         try:
             part(res)
         except Exception as exc:  # report and go on: one broken part must not hide the other

@@ -4,8 +4,9 @@
 Why a kernel: the matmul form needs K as (B, Hkv, D, S), which this layout gives only through a copy per
 layer and step (measured on an H200 at the 4,352-key bucket: 0.65 ms per step for 1 slot, 4.9 ms for 8,
 about 1.1 TB/s; bench/kernels.py). Here each program reads a 256-key slice of one slot's KV head once and
-serves that head's G = H / Hkv query heads with two tensor-core products; a second small kernel merges the
-slices' partial softmaxes. Keys at or past a slot's length are skipped, so idle slots cost nothing.
+serves that head's G = H / Hkv query heads with two tensor-core products; the last program to finish a
+head merges the slices' partial softmaxes (FUSED_MERGE; else a second small kernel does). Keys at or past a
+slot's length are skipped, so idle slots cost nothing.
 """
 
 from __future__ import annotations
@@ -18,12 +19,16 @@ from pixdesk.model.quant_triton import _DOT_F32
 
 SPLIT = 256  # keys per program
 BLOCK_S = 64  # keys per inner step
+# The last split program of each (row, KV head) merges the partials itself (an atomic count of finished
+# splits), instead of a second kernel: one launch less per layer and step. False: the two-kernel form.
+FUSED_MERGE = True
 
 
 @triton.jit
-def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
-             stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
+def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, out_ptr, count_ptr, n_keys,
+             n_splits, sm_scale, stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
+             D: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr,
+             FUSED: tl.constexpr, NSP: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
@@ -62,11 +67,17 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
     tl.store(o_ptr + row[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
     tl.store(m_ptr + row, m_i, mask=g_ok)
     tl.store(l_ptr + row, l_i, mask=g_ok)
+    if FUSED:  # the last program of this (row, KV head) to finish merges the splits, then resets the count
+        done = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")  # release our partials, see everyone's
+        if done == n_splits - 1:
+            for g in tl.static_range(G):
+                _merge(o_ptr, m_ptr, l_ptr, out_ptr, bh * G + g, n_splits, D, NSP)
+            tl.atomic_xchg(count_ptr + bh, 0)
 
 
 @triton.jit
-def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr):
-    bh = tl.program_id(0)  # one (slot, query head)
+def _merge(o_ptr, m_ptr, l_ptr, out_ptr, bh, n_splits, D: tl.constexpr, NSP: tl.constexpr):
+    """Merge one (row, query head)'s split partials: a softmax over splits weighted by their maxima."""
     rs, rd = tl.arange(0, NSP), tl.arange(0, D)
     ok = rs < n_splits
     m = tl.load(m_ptr + bh * n_splits + rs, mask=ok, other=float("-inf"))  # empty splits hold -inf
@@ -76,6 +87,11 @@ def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.co
     acc = tl.load(o_ptr + (bh * n_splits + rs[:, None]) * D + rd[None, :], mask=ok[:, None], other=0.0)
     out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_part * w, axis=0)
     tl.store(out_ptr + bh * D + rd, out.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr):
+    _merge(o_ptr, m_ptr, l_ptr, out_ptr, tl.program_id(0), n_splits, D, NSP)  # one (row, query head)
 
 
 @torch.library.custom_op("pixdesk::decode_attention", mutates_args=())
@@ -101,14 +117,29 @@ def decode_attention(
     partial = torch.empty(B, H, n_splits, D, dtype=torch.float32, device=q.device)
     m = torch.empty(B, H, n_splits, dtype=torch.float32, device=q.device)
     l_sum = torch.empty_like(m)
-    _partial[(B * Hkv, n_splits)](
-        q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
-        D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
-        SPLIT=SPLIT, BLOCK_S=BLOCK_S, ROW_SLOTS=slots is not None,
-    )  # fmt: skip
     out = torch.empty_like(q)
-    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=max(2, triton.next_power_of_2(n_splits)))
+    nsp = max(2, triton.next_power_of_2(n_splits))
+    _partial[(B * Hkv, n_splits)](
+        q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, out,
+        _counters(B * Hkv, q.device), n_keys, n_splits, D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G,
+        GP=max(16, triton.next_power_of_2(G)), D=D, SPLIT=SPLIT, BLOCK_S=BLOCK_S, ROW_SLOTS=slots is not None,
+        FUSED=FUSED_MERGE, NSP=nsp,
+    )  # fmt: skip
+    if not FUSED_MERGE:
+        _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
     return out
+
+
+_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def _counters(n: int, device: torch.device) -> torch.Tensor:
+    """Per (row, KV head) counts of finished splits: zero between calls (the merging program resets its
+    own), allocated once per size, so CUDA graphs captured after a first call keep using the same memory."""
+    key = (device, n)
+    if key not in _COUNTERS:
+        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
+    return _COUNTERS[key]
 
 
 @decode_attention.register_fake

@@ -16,20 +16,25 @@ ROOT = Path(__file__).resolve().parents[2]
 CHECK = textwrap.dedent(
     """
     import torch
+    import pixdesk.engine.decode_attention as da
     from pixdesk.engine.decode_attention import decode_attention
     from pixdesk.model.layers import gqa_decode
 
     g = torch.Generator().manual_seed(0)
     cases = [(3, 601, 2, 16, 8, [10, 600, 1], 512), (1, 300, 8, 128, 32, [257], 256),
              (2, 70, 1, 32, 4, [64, 3], 64)]
-    for B, T, Hkv, D, H, lens, n_keys in cases:
+    # the merge in the last split program (twice: the counts must be back at zero) and in a second kernel
+    for B, T, Hkv, D, H, lens, n_keys in [*cases, *cases]:
+        da.FUSED_MERGE = not da.FUSED_MERGE
         k, v = torch.randn(B, T, Hkv, D, generator=g), torch.randn(B, T, Hkv, D, generator=g)
         q = torch.randn(B, 1, H, D, generator=g)
         lengths = torch.tensor(lens)
         mask = torch.arange(n_keys)[None, :] < lengths[:, None]
         ref = gqa_decode(q, k[:, :n_keys], v[:, :n_keys], mask)[:, 0]
         out = decode_attention(q[:, 0], k, v, lengths, n_keys)
-        assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5, (B, T, lens)
+        assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5, (B, T, lens, da.FUSED_MERGE)
+    da.FUSED_MERGE = True
+    assert all(not c.any() for c in da._COUNTERS.values())
 
     # rows mapped to slots: four rows of slot 1, each seeing the keys before its own position
     k, v = torch.randn(3, 300, 2, 16, generator=g), torch.randn(3, 300, 2, 16, generator=g)
