@@ -138,7 +138,7 @@ def attention(res: dict) -> None:
             step(q, key_pos, pos)
             res[f"attn_{name}_slots{slots}_compile_s"] = time.perf_counter() - t0
             t = graph_time(lambda step=step, q=q, key_pos=key_pos, pos=pos: step(q, key_pos, pos))
-            da.FUSED_MERGE = True
+            da.FUSED_MERGE = False
             res[f"attn_{name}_slots{slots}_ms"] = t * 1e3
             res[f"attn_{name}_slots{slots}_GBps"] = 2 * 40 * slots * S * Hkv * D * 2 / t / 1e9
             print(json.dumps(res), flush=True)

@@ -4,9 +4,9 @@
 Why a kernel: the matmul form needs K as (B, Hkv, D, S), which this layout gives only through a copy per
 layer and step (measured on an H200 at the 4,352-key bucket: 0.65 ms per step for 1 slot, 4.9 ms for 8,
 about 1.1 TB/s; bench/kernels.py). Here each program reads a 256-key slice of one slot's KV head once and
-serves that head's G = H / Hkv query heads with two tensor-core products; the last program to finish a
-head merges the slices' partial softmaxes (FUSED_MERGE; else a second small kernel does). Keys at or past a
-slot's length are skipped, so idle slots cost nothing.
+serves that head's G = H / Hkv query heads with two tensor-core products; a second small kernel merges
+the slices' partial softmaxes (or, with FUSED_MERGE, the last program to finish a head does). Keys at or
+past a slot's length are skipped, so idle slots cost nothing.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pixdesk.model.quant_triton import _DOT_F32
 
 SPLIT = 256  # keys per program
 BLOCK_S = 64  # keys per inner step
-# The last split program of each (row, KV head) merges the partials itself (an atomic count of finished
-# splits), instead of a second kernel: one launch less per layer and step. False: the two-kernel form.
-FUSED_MERGE = True
+# True: the last split program of each (row, KV head) merges the partials itself (an atomic count of
+# finished splits) instead of a second kernel, one launch less per layer and step. Checked in Triton's
+# interpreter only; off until measured and checked on a GPU (bench/kernels.py ATTENTION=kernel,kernel2).
+FUSED_MERGE = False
 
 
 @triton.jit

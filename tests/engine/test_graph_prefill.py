@@ -45,3 +45,26 @@ def test_fits_up_to_the_largest_row_bucket(tiny_dir):
     quantize_model(model, QuantSpec("int8"))  # past 16 rows quantized linears dequantize: no gain in a graph
     rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), compile=False, kernel=False)
     assert rows.fits(16) and not rows.fits(17)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled, captured path needs CUDA")
+def test_rows_graph_on_cuda_equals_eager_prefill(tiny_dir):
+    """Compiled, captured per (rows, key bucket), with the decode-attention kernel: the same logits and KV."""
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_dir, dtype=torch.bfloat16, device="cuda").model.fuse_projections()
+    kv_a, kv_b = KVCache.for_model(model, 2, 300), KVCache.for_model(model, 2, 300)
+    rows = GraphPrefill(model, kv_b, compile=True, kernel=True, bucket_size=64)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    with torch.inference_mode():
+        prefix = model.tok_embeddings(torch.randint(10, 2000, (70,), device="cuda", generator=g))
+        for kv in (kv_a, kv_b):
+            prefill(model, kv, 1, prefix, 0)
+        start = 70
+        for n in (5, 20, 1, 40, 16):  # row buckets 16, 32, 16, 64, 16; key buckets 128 and 192
+            new = model.tok_embeddings(torch.randint(10, 2000, (n,), device="cuda", generator=g))
+            want = prefill(model, kv_a, 1, new, start)
+            got = rows.run(1, new, start)
+            assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max()), n
+            start += n
+    assert len(rows.graphs) >= 4
