@@ -79,6 +79,8 @@ def merge(d: Path) -> Path:
             "git_sha": _git_sha(),
             "merged": time.strftime("%Y-%m-%d %H:%M:%S"),
             "commands": {n: _load(d, n).get("argv") for n in STAGES},
+            # stages of different sittings can be joined: each says which commit ran it and when
+            "stage_runs": {n: [_load(d, n).get("git_sha"), _load(d, n).get("when")] for n in STAGES if _load(d, n)},
             "torch": bf16.get("torch"),
             "context_tokens": {"prompt": PROMPT_TOKENS, "generated": GENERATED},
         },
