@@ -9,6 +9,7 @@ Runs from source on a bare GPU machine (`PYTHONPATH=.`; torch, safetensors, nump
     python bench/gpu.py --stage ready     # a real checkpoint-sized file: load_s, host RSS, time to ready
     python bench/gpu.py --stage int8      # quantize on the GPU: accuracy vs bf16, cache write/reload, engine
     python bench/gpu.py --stage int4      # the same for int4, plus a fresh process capped to 12 GiB
+    python bench/gpu.py --stage ab        # switchable decode variants (AB_VARIANTS): b1 tok/s, same greedy ids
     python bench/gpu.py --merge DIR       # join DIR/stage-*.json into bench/results/<date>-<device>.json
 
 Each stage writes stage-<name>.json under $OUT (or --out). Decode is measured at a fixed context: the
@@ -93,15 +94,16 @@ def timed_run(eng, prompt, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     # EOS is biased away: random weights must not end a timed run early.
     sub = eng.submit(prompt, SamplingParams(max_tokens=max_tokens, logit_bias={2: -100.0}))
-    times, finish = [], None
+    times, ids, finish = [], [], None
     for ev in sub:
         if isinstance(ev, Delta):
             times += [time.perf_counter()] * len(ev.token_ids)
+            ids += ev.token_ids
         elif isinstance(ev, Finish):
             finish = ev
     if finish.reason not in ("length", "stop"):
         raise RuntimeError(f"request failed: {finish}")
-    return {"t0": t0, "times": times, "finish": finish}
+    return {"t0": t0, "times": times, "ids": ids, "finish": finish}
 
 
 def concurrent_runs(eng, prompts, max_tokens: int) -> list[dict]:
@@ -279,19 +281,72 @@ def stage_ready_child(args) -> None:
                       "peak_host_rss_gb": rss * 1.073741824}))  # fmt: skip
 
 
+# ------------------------------------------------------------------------------------------ a/b
+
+
+def _fused_merge(on: bool) -> None:
+    import pixdesk.engine.decode_attention as da
+
+    da.FUSED_MERGE = on
+
+
+AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
+    "two_kernel_merge": lambda: _fused_merge(False),
+    "fused_merge": lambda: _fused_merge(True),
+}
+
+
+def stage_ab(args) -> None:
+    """Switchable variants of the decode step on one model, in one process: b1 tok/s at the bench context
+    and the greedy ids of the same prompt, which must not change (a faster step that decodes differently
+    is a bug, not a speed-up)."""
+    import torch
+
+    res: dict = {"device": device_name(), "torch": torch.__version__, "variants": {}}
+    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out_dir(args)))
+    ckpt.model.fuse_projections()
+    baseline = None
+    for name, setup in AB_VARIANTS.items():
+        setup()
+        eng = engine_for(ckpt, 1, prefix_cache_bytes=0)
+        timed_run(eng, image_prompt(10_000, QUESTION), 130)  # captures the long bucket
+        runs = [timed_run(eng, image_prompt(20, QUESTION), 129) for _ in range(2)]
+        eng.stop()
+        baseline = baseline or runs[0]["ids"]
+        res["variants"][name] = {
+            "decode_tok_s_b1": max(128 / (r["times"][-1] - r["times"][0]) for r in runs),
+            "same_ids_as_baseline": runs[0]["ids"] == baseline and runs[1]["ids"] == baseline,
+        }
+        save(args, "ab", res)
+    AB_VARIANTS[next(iter(AB_VARIANTS))]()  # back to the baseline
+
+
 # ------------------------------------------------------------------------------------------ merge
+
+
+def default_scratch() -> str:
+    """RAM (/dev/shm) when it holds the checkpoint with room to spare: writing 25 GB there takes seconds
+    instead of ~50 s on disk, and the ready stage measures loads from the page cache anyway."""
+    try:
+        st = os.statvfs("/dev/shm")
+        if st.f_bavail * st.f_frsize > 40 * 2**30:
+            return "/dev/shm/pixdesk-bench"
+    except OSError:
+        pass
+    return "/tmp/pixdesk-bench"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["limits", "peer", "bf16", "check", "ready", "ready-child", "int8", "int4",
-                                        "int4-12g"])  # fmt: skip
+                                        "int4-12g", "ab"])  # fmt: skip
     ap.add_argument("--merge", metavar="DIR")
     ap.add_argument("--out")
     ap.add_argument("--shared", default=str(ROOT / ".peer"), help="folder holding shared/bench scripts")
-    ap.add_argument("--scratch", default="/tmp/pixdesk-bench")
+    ap.add_argument("--scratch", default=None, help="where the ready stage writes its 25 GB checkpoint")
     ap.add_argument("--model")
     args = ap.parse_args()
+    args.scratch = args.scratch or default_scratch()
     if args.merge:
         from bench.gpu_merge import merge
 
@@ -307,6 +362,7 @@ def main() -> None:
         "int8": lambda: stage_quant(args, "int8", save, engine_measurements),
         "int4": lambda: stage_quant(args, "int4", save, engine_measurements),
         "int4-12g": lambda: stage_int4_12g(args, engine_for, timed_run),
+        "ab": lambda: stage_ab(args),
     }
     stages[args.stage]()
 
