@@ -3,6 +3,9 @@ blocks vs compiled regions (model/regions.py), part by part, against each part's
 
     PYTHONPATH=. python3 bench/profile_prefill.py [--quant int8|int4] [--profile]
 
+Variants: eager blocks, compiled regions, and regions with SDPA's native GQA for the causal prefill
+(`model.layers.NATIVE_GQA`, off by default until this says it helps).
+
 Parts: the vision encoder + adapter, the decoder prefill (one chunk) with the LM head at the last position, and a
 follow-up question (20 tokens after the image prompt, the prefix-hit case of "warm" TTFT).
 """
@@ -16,6 +19,7 @@ from bench.gpu_merge import ttft_flop_minimum
 from bench.gpu_model import DEVICE, IMAGE_GRID, PIXTRAL_12B, image_prompt, random_model
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.generate import prefill
+from pixdesk.model import layers
 from pixdesk.model.quant import QuantSpec, quantize_model
 from pixdesk.model.regions import CompiledBlocks
 
@@ -51,14 +55,18 @@ def flops_parts() -> dict[str, float]:
     L = IMAGE_GRID[0] * IMAGE_GRID[1]
     vis_layer = 4 * v.hidden_size**2 + 3 * v.hidden_size * v.intermediate_size
     vision = 2 * L * (v.num_hidden_layers * vis_layer + 3 * 256 * v.hidden_size)
-    vision += 2 * L * (v.hidden_size * t.dim + t.dim * t.dim) + 4 * v.hidden_size * L * L * v.num_hidden_layers
+    vision += (
+        2 * L * (v.hidden_size * t.dim + t.dim * t.dim) + 4 * v.hidden_size * L * L * v.num_hidden_layers
+    )
     return {"vision": vision, "decoder": ttft_flop_minimum() - vision}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quant", choices=["none", "int8", "int4"], default="none")
-    ap.add_argument("--profile", action="store_true", help="also print the kernel table of the regions prefill")
+    ap.add_argument(
+        "--profile", action="store_true", help="also print the kernel table of the regions prefill"
+    )
     args = ap.parse_args()
     tflops = matmul_tflops()
     m = random_model(PIXTRAL_12B, torch.bfloat16, DEVICE)
@@ -75,7 +83,15 @@ def main() -> None:
     with torch.inference_mode():
         feats = m.encode_images(pixels)
         embeds = m.embed(torch.tensor([prompt.ids], device=DEVICE), feats)[0]
-        for label, blocks in (("eager", None), ("regions", CompiledBlocks())):
+        regions = CompiledBlocks()
+        want = prefill(m, kv, 0, embeds, 0, chunk=8192)
+        for label, blocks, gqa in (("eager", None, False), ("regions", regions, False),
+                                   ("regions + native GQA", regions, True)):  # fmt: skip
+            layers.NATIVE_GQA = gqa
+            got = prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
+            print(
+                f"{label}: last-position logits rel err vs eager {float((got - want).abs().max() / want.abs().max()):.2e}"
+            )
             t0 = time.perf_counter()
             m.encode_images(pixels, blocks)
             prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
@@ -86,17 +102,22 @@ def main() -> None:
             dec = timed(lambda b=blocks: prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=b))
             fol = timed(lambda b=blocks: prefill(m, kv, 0, follow, n, blocks=b), repeat=10)
             rows.append((label, vis, dec, fol, first))
+        layers.NATIVE_GQA = False
         if args.profile:
             blocks = CompiledBlocks()
             prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
                 prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
                 torch.cuda.synchronize()
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70))
+            print(
+                prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70)
+            )
     mins = {k: f / (tflops * 1e12) * 1e3 for k, f in flops_parts().items()}
     print(f"{args.quant}: matmul {tflops:.0f} TFLOP/s; FLOP minimum: vision {mins['vision']:.1f} ms, "
           f"decoder {mins['decoder']:.1f} ms ({n} tokens)")  # fmt: skip
-    print("| blocks | vision ms | decoder prefill ms | vision+decoder vs FLOP min | follow-up 20 tok ms | first run s |")
+    print(
+        "| blocks | vision ms | decoder prefill ms | vision+decoder vs FLOP min | follow-up 20 tok ms | first run s |"
+    )
     print("|---|---|---|---|---|---|")
     for label, vis, dec, fol, first in rows:
         ratio = (vis + dec) / (mins["vision"] + mins["decoder"])

@@ -18,6 +18,10 @@ from pixdesk.model.rope import apply_rope
 
 # (q, k, v) each (B, T, H|Hkv, D) -> (B, T, H, D)
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# Causal prefill: let SDPA read each KV head for its query group (enable_gqa) instead of copying K and V
+# per group first (~5 ms of copies on the 4k-token image prompt on an H200). Off until measured on a GPU:
+# the fastest backend there (cuDNN) may not take enable_gqa (bench/profile_prefill.py compares both).
+NATIVE_GQA = False
 
 
 class RMSNorm(nn.Module):
@@ -125,6 +129,9 @@ def sdpa(
     """
     groups = q.shape[2] // k.shape[2]
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+    if groups > 1 and causal and NATIVE_GQA:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return out.transpose(1, 2)
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)

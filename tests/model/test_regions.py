@@ -44,3 +44,18 @@ def test_compiled_regions_match_eager_prefill_and_vision(tiny_dir):
     # never one per layer (the tiny model has several) and never one per prompt length.
     assert len(model.layers) > 1
     assert counters["frames"]["ok"] <= 8
+
+
+def test_native_gqa_causal_attention_equals_repeated_heads(monkeypatch):
+    import pixdesk.model.layers as layers
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(1, 9, 8, 16, generator=g),
+        torch.randn(1, 9, 2, 16, generator=g),
+        torch.randn(1, 9, 2, 16, generator=g),
+    )
+    want = layers.sdpa(q, k, v, None, causal=True)
+    monkeypatch.setattr(layers, "NATIVE_GQA", True)
+    got = layers.sdpa(q, k, v, None, causal=True)
+    assert float((got - want).abs().max()) < 1e-5
