@@ -30,10 +30,10 @@ import torch
 from pixdesk.engine.answers import AnswerMemory
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.events import Finish, Usage
-from pixdesk.engine.features import FeatureCache, prompt_features
-from pixdesk.engine.generate import decode_step, prefill
-from pixdesk.engine.graph_prefill import GraphPrefill
+from pixdesk.engine.features import FeatureCache
+from pixdesk.engine.generate import decode_step
 from pixdesk.engine.pipeline import PendingStep, feed_position, launch_step, room_for_another
+from pixdesk.engine.prefiller import Prefiller
 from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
 from pixdesk.engine.sampling import adjust_logits, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
@@ -41,7 +41,6 @@ from pixdesk.engine.sizing import resolve_max_context
 from pixdesk.engine.static import StaticDecoder
 from pixdesk.engine.stats import EngineStats
 from pixdesk.errors import InternalError, Overloaded, PixdeskError
-from pixdesk.model.regions import CompiledBlocks
 
 log = logging.getLogger("pixdesk.engine")
 _PASS_THROUGH = (KeyboardInterrupt, SystemExit)
@@ -79,10 +78,8 @@ class Scheduler:
         static = on_gpu if config.static_decode is None else config.static_decode
         self.decoder = StaticDecoder(model, self.kv, compile=config.compile) if static else None
         compiled = on_gpu if config.compile is None else config.compile
-        self.blocks = CompiledBlocks() if compiled else None  # long prefills and vision: compiled regions
-        self.short = (
-            GraphPrefill(model, self.kv, compile=compiled, kernel=self.decoder.kernel) if static else None
-        )
+        kernel = static and self.decoder.kernel
+        self.prefiller = Prefiller(model, self.kv, compiled=compiled, rows=static, kernel=kernel)
         self.stats = EngineStats()
         self._inflight: PendingStep | None = None  # a launched decode step not yet collected (pipelining)
         self._collected_at = 0.0  # perf_counter when the last step was collected
@@ -212,7 +209,7 @@ class Scheduler:
         seq.match = self.prefix.match(seq.block_keys, seq.n_prompt - 1)  # always prefill the last token
         self.prefix.copy_into(seq.match, self.kv, seq.slot)
         seq.start = seq.prefilled = seq.match.tokens
-        feats = prompt_features(self.model, p, seq.start, self.features, self.stats, self.blocks)
+        feats = self.prefiller.features(p, seq.start, self.features, self.stats)
         ids = torch.tensor([p.ids[seq.start :]], device=self.model.device)
         seq.embeds = self.model.embed(ids, feats)[0]
         self.stats.reused_tokens += seq.start
@@ -230,11 +227,7 @@ class Scheduler:
     def _prefill_chunk(self, seq: Sequence) -> None:
         lo = seq.prefilled - seq.start
         n = min(self.config.prefill_chunk, seq.n_prompt - seq.prefilled)
-        part = seq.embeds[lo : lo + n]
-        if self.short is not None and self.short.fits(n):  # a follow-up question: one graph replay
-            logits = self.short.run(seq.slot, part, seq.prefilled)
-        else:
-            logits = prefill(self.model, self.kv, seq.slot, part, seq.prefilled, n, self.blocks)
+        logits = self.prefiller.chunk(seq.slot, seq.embeds[lo : lo + n], seq.prefilled)
         seq.prefilled += n
         self.stats.prefill_chunks += 1
         self.stats.prefilled_tokens += n

@@ -68,3 +68,26 @@ def test_rows_graph_on_cuda_equals_eager_prefill(tiny_dir):
             assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max()), n
             start += n
     assert len(rows.graphs) >= 4
+
+
+def test_a_failing_compiled_prefill_falls_back_to_eager_and_the_request_goes_on(tiny, monkeypatch, caplog):
+    """A compiler error in the rows graph (or the regions) is logged once; that request and the next ones
+    prefill eagerly and produce the reference tokens."""
+    from pixdesk.engine.sampling import SamplingParams
+
+    from .helpers import Run, assert_same_run, engine, reference, user
+
+    def broken(*_):
+        raise RuntimeError("simulated compiler error")
+
+    monkeypatch.setattr(GraphPrefill, "run", broken)
+    with engine(tiny, max_batch=2, static_decode=True) as eng:
+        assert eng.scheduler.prefiller.rows is not None
+        params = SamplingParams(max_tokens=6, logprobs=True, top_logprobs=2)
+        for text in ("a short question", "another one"):
+            prompt = eng.encode_chat([user(text)])
+            run = Run(eng.submit(prompt, params))
+            run.wait()
+            assert_same_run(run.tokens, run.logprobs, *reference(tiny, prompt, params))
+        assert eng.scheduler.prefiller.rows is None
+    assert sum("compiled prefill failed" in r.getMessage() for r in caplog.records) == 1
