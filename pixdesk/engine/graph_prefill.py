@@ -5,8 +5,10 @@ for ~6 ms of GPU work (bench/profile_prefill.py). Here the T new tokens of one s
 decode step's shape, each row one token at its own position, padded to a row bucket (16, 32, 64): every
 row writes its keys and values first, then each row attends to the keys before its own position (row r
 sees `lengths[r] = position + 1` keys, the new rows before it included), which is causal attention.
-The step is compiled once (rows and key length dynamic) and captured per (rows, key bucket), like the
-decode step (engine/static.py); the LM head runs for the last real row only.
+Each layer runs as the compiled regions the long prefill uses (model/regions.py: compiling one layer, not
+the whole 40-layer step, keeps the engine's start short), with attention between them, and the step is
+captured as a CUDA graph per (rows, key bucket) like the decode step (engine/static.py); inside a graph
+the Python between the regions costs nothing. The LM head runs for the last real row only.
 
 Padded rows write to the slot's spare position (the decode step's park spot) and attend to one key;
 their outputs are never read.
@@ -20,6 +22,7 @@ from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.quant import QuantLinear
 from pixdesk.model.quant_ops import DECODE_ROWS
+from pixdesk.model.regions import CompiledBlocks
 
 ROW_BUCKETS = (16, 32, 64)
 
@@ -46,10 +49,13 @@ class RowsView:
 class GraphPrefill:
     """`run(slot, embeds, start)`: the same KV writes and last-position logits as `generate.prefill`."""
 
-    def __init__(self, model, cache: KVCache, *, compile: bool, kernel: bool, bucket_size: int = 512):
+    def __init__(
+        self, model, cache: KVCache, *, blocks: CompiledBlocks | None, kernel: bool, bucket_size: int = 512
+    ):
+        """blocks: the layers as compiled regions; with them, on CUDA, each (rows, key bucket) is captured."""
         self.model, self.cache, self.bucket_size = model, cache, bucket_size
-        self.compile, self.kernel = compile, kernel
-        self.use_graphs = compile and cache.device.type == "cuda"
+        self.blocks, self.kernel = blocks, kernel
+        self.use_graphs = blocks is not None and cache.device.type == "cuda"
         # Quantized linears read packed weights only up to DECODE_ROWS rows; past that they dequantize the
         # whole weight per call (model/quant_ops.py), no cheaper inside a graph than in the eager prefill.
         quantized = any(isinstance(m, QuantLinear) for m in model.modules())
@@ -62,7 +68,6 @@ class GraphPrefill:
         pinned = device.type == "cuda"
         self._staging = torch.zeros(4, rows, dtype=torch.long, pin_memory=pinned)
         self._io = torch.zeros(4, rows, dtype=torch.long, device=device)  # slots, positions, lengths, last
-        self._fn = None
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._key_pos: dict[int, torch.Tensor] = {}
         self._pool = None
@@ -72,13 +77,8 @@ class GraphPrefill:
 
     def _step(self, h, slots, positions, lengths, last, key_pos) -> torch.Tensor:
         view = RowsView(self.cache, slots, positions, lengths, key_pos, self.kernel)
-        out = self.model(h, positions[:, None], view)  # (rows, 1, dim)
+        out = self.model(h, positions[:, None], view, self.blocks)  # (rows, 1, dim)
         return self.model.logits(out[:, 0].index_select(0, last))[0]  # (V,) fp32
-
-    def _function(self):
-        if self._fn is None:
-            self._fn = torch.compile(self._step, fullgraph=True, dynamic=True) if self.compile else self._step
-        return self._fn
 
     def _args(self, rows: int, bucket: int) -> tuple:
         io = self._io[:, :rows]
@@ -92,7 +92,7 @@ class GraphPrefill:
     def _graph(self, rows: int, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         key = (rows, bucket)
         if key not in self.graphs:
-            fn, args = self._function(), self._args(rows, bucket)
+            fn, args = self._step, self._args(rows, bucket)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -128,7 +128,7 @@ class GraphPrefill:
             graph.replay()
             out = logits.clone()
         else:
-            out = self._function()(*self._args(rows, bucket))
+            out = self._step(*self._args(rows, bucket))
         if staged.is_pinned():
             torch.cuda.current_stream().synchronize()  # the staging buffer is reused by the next call
         return out

@@ -32,7 +32,7 @@ class Prefiller:
         """compiled: regions for long chunks and vision; rows: the rows graph for short chunks."""
         self.model, self.kv = model, kv
         self.blocks = CompiledBlocks() if compiled else None
-        self.rows = GraphPrefill(model, kv, compile=compiled, kernel=kernel) if rows else None
+        self.rows = GraphPrefill(model, kv, blocks=self.blocks, kernel=kernel) if rows else None
 
     def features(self, prompt: EncodedPrompt, start: int, cache: FeatureCache, stats) -> torch.Tensor | None:
         """Image feature rows for the [IMG] tokens at positions >= start (engine/features.py)."""

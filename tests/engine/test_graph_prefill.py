@@ -8,6 +8,7 @@ import torch
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.generate import prefill
 from pixdesk.engine.graph_prefill import GraphPrefill
+from pixdesk.model.regions import CompiledBlocks
 
 from .helpers import TOL
 
@@ -24,7 +25,7 @@ def test_rows_prefill_equals_chunked_prefill(tiny, start, n):
             if start:
                 prefill(model, kv, 1, prefix, 0)
         want = prefill(model, kv_a, 1, new, start)
-        rows = GraphPrefill(model, kv_b, compile=False, kernel=False, bucket_size=32)
+        rows = GraphPrefill(model, kv_b, blocks=None, kernel=False, bucket_size=32)
         got = rows.run(1, new, start)
     assert float((got - want).abs().max()) <= TOL * float(want.abs().max())
     end = start + n
@@ -39,22 +40,22 @@ def test_fits_up_to_the_largest_row_bucket(tiny_dir):
     from pixdesk.weights.checkpoint import load_checkpoint
 
     model = load_checkpoint(tiny_dir).model
-    rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), compile=False, kernel=False)
+    rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), blocks=None, kernel=False)
     assert rows.fits(1) and rows.fits(64)
     assert not rows.fits(0) and not rows.fits(65)
     quantize_model(model, QuantSpec("int8"))  # past 16 rows quantized linears dequantize: no gain in a graph
-    rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), compile=False, kernel=False)
+    rows = GraphPrefill(model, KVCache.for_model(model, 1, 80), blocks=None, kernel=False)
     assert rows.fits(16) and not rows.fits(17)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled, captured path needs CUDA")
 def test_rows_graph_on_cuda_equals_eager_prefill(tiny_dir):
-    """Compiled, captured per (rows, key bucket), with the decode-attention kernel: the same logits and KV."""
+    """Compiled regions, captured per (rows, key bucket), the decode-attention kernel: the same logits."""
     from pixdesk.weights.checkpoint import load_checkpoint
 
     model = load_checkpoint(tiny_dir, dtype=torch.bfloat16, device="cuda").model.fuse_projections()
     kv_a, kv_b = KVCache.for_model(model, 2, 300), KVCache.for_model(model, 2, 300)
-    rows = GraphPrefill(model, kv_b, compile=True, kernel=True, bucket_size=64)
+    rows = GraphPrefill(model, kv_b, blocks=CompiledBlocks(), kernel=True, bucket_size=64)
     g = torch.Generator(device="cuda").manual_seed(0)
     with torch.inference_mode():
         prefix = model.tok_embeddings(torch.randint(10, 2000, (70,), device="cuda", generator=g))
