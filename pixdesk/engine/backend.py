@@ -127,8 +127,9 @@ class LocalEngine:
         return self
 
     def warm_up(self) -> float:
-        """Compile and capture the decode step, and tune the kernels a prefix hit uses, before the first
-        request instead of during it (the daemon reports ready only after this). Returns the seconds taken."""
+        """Compile and capture the decode step, the prefill regions and the short-prefill rows graph, and tune
+        the kernels they use, before the first request instead of during it (the daemon reports ready only
+        after this). Returns the seconds taken."""
         t0 = time.perf_counter()
         eos = getattr(self.tokenizer, "EOS", 2)
         params = SamplingParams(max_tokens=3, logit_bias={eos: -100.0})  # decode must happen
@@ -141,8 +142,8 @@ class LocalEngine:
         return self.warmup_s
 
     def _warm_up_prompts(self) -> list[EncodedPrompt]:
-        """A full prefill, 5 tokens after a prefix hit, 1 token after a full hit (the compiled prefill
-        regions specialize a 1-token input), and a small image where the model has a vision encoder."""
+        """A full prefill (regions), 5 tokens after a prefix hit and 1 token after a full hit (the rows graph;
+        without it, the regions' 1-token specialization), and a small image (the vision encoder's regions)."""
         n = max(1, min(64, self.config.max_context - 12))  # prompt + 5 more + 3 generated must fit
         base = [1, *range(1000, 1000 + n)]
         prompts = [EncodedPrompt(ids, []) for ids in (base, [*base, *range(1100, 1105)], base)]
