@@ -13,17 +13,7 @@ from safetensors.torch import save_file
 from pixdesk.errors import InvalidCheckpoint, InvalidConfig, ModelNotFound
 from pixdesk.weights.checkpoint import load_checkpoint, manifest, manifest_id
 from pixdesk.weights.load import build_model, find_checkpoint
-from pixdesk.weights.tiny import TINY_ARGS, random_state_dict, write_checkpoint
-
-
-@pytest.fixture(scope="module")
-def state():
-    return random_state_dict(TINY_ARGS, seed=3)
-
-
-@pytest.fixture
-def native(tmp_path, state):
-    return write_checkpoint(tmp_path / "native", TINY_ARGS, state, layout="native")
+from pixdesk.weights.tiny import TINY_ARGS, write_checkpoint
 
 
 def _params(model):

@@ -24,19 +24,9 @@ from pixdesk.weights.load import (
     read_args,
 )
 from pixdesk.weights.stream import HostSink, plan_chunks, read_chunk, scatter, stream_bytes
-from pixdesk.weights.tiny import TINY_ARGS, random_state_dict, write_checkpoint
+from pixdesk.weights.tiny import TINY_ARGS, write_checkpoint
 
 ODD_CHUNK = 777  # not a multiple of any element size: pieces end mid-element and cross tensors
-
-
-@pytest.fixture(scope="module")
-def state():
-    return random_state_dict(TINY_ARGS, seed=5)
-
-
-@pytest.fixture
-def native(tmp_path, state):
-    return write_checkpoint(tmp_path / "native", TINY_ARGS, state, layout="native")
 
 
 def _plan(model_dir):
