@@ -34,7 +34,7 @@ from pixdesk.engine.features import FeatureCache
 from pixdesk.engine.generate import decode_step
 from pixdesk.engine.pipeline import PendingStep, feed_position, launch_step, room_for_another
 from pixdesk.engine.prefiller import Prefiller
-from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
+from pixdesk.engine.prefix import PrefixCache, chain_keys
 from pixdesk.engine.sampling import adjust_logits, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
 from pixdesk.engine.sizing import resolve_max_context
@@ -201,23 +201,7 @@ class Scheduler:
 
     def _start(self, seq: Sequence) -> None:
         """Prefix-cache lookup and copy-in, vision features, embeddings: ready for chunked prefill."""
-        p = seq.prompt
-        seq.token_keys = token_keys(
-            p.ids, [i.digest for i in p.images], [i.n_patches for i in p.images], self._img_id()
-        )
-        seq.block_keys = chain_keys(seq.token_keys, self.prefix.block)
-        seq.match = self.prefix.match(seq.block_keys, seq.n_prompt - 1)  # always prefill the last token
-        self.prefix.copy_into(seq.match, self.kv, seq.slot)
-        seq.start = seq.prefilled = seq.match.tokens
-        feats = self.prefiller.features(p, seq.start, self.features, self.stats)
-        ids = torch.tensor([p.ids[seq.start :]], device=self.model.device)
-        seq.embeds = self.model.embed(ids, feats)[0]
-        self.stats.reused_tokens += seq.start
-        self.stats.prompt_tokens += seq.n_prompt
-
-    def _img_id(self) -> int:
-        vision = self.model.args.vision
-        return vision.image_token_id if vision else -1
+        self.prefiller.start(seq, self.prefix, self.features, self.stats)
 
     def _next_prefill(self) -> Sequence | None:
         waiting = [s for s in self.active if s.prefilled < s.n_prompt]
