@@ -263,6 +263,7 @@ def stage_ready_child(args) -> None:
 
     since_spawn_s = time.time() - float(os.environ.get("PIXDESK_BENCH_T0", time.time()))  # start + imports
     torch.cuda.init()
+    parts = _time_load_parts()
     t0 = time.perf_counter()
     ckpt = load_checkpoint(args.model, dtype=torch.bfloat16, device=DEVICE)
     ckpt.model.fuse_projections()
@@ -276,23 +277,47 @@ def stage_ready_child(args) -> None:
     first_s = time.perf_counter() - t1
     eng.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(json.dumps({"imports_s": since_spawn_s, "load_s": load_s, "engine_start_s": start_s,
-                      "engine_warmup_s": eng.warmup_s, "first_request_s": first_s,
+    print(json.dumps({"imports_s": since_spawn_s, "load_s": load_s, "load_parts_s": parts,
+                      "engine_start_s": start_s,
+                      "engine_warmup_s": eng.warmup_s, "warmup_parts_s": eng.warmup_parts,
+                      "first_request_s": first_s,
                       "peak_host_rss_gb": rss * 1.073741824}))  # fmt: skip
+
+
+def _time_load_parts() -> dict:
+    """Seconds inside load_checkpoint per step (manifest, weights, tokenizer), filled in as they run."""
+    import pixdesk.weights.checkpoint as checkpoint
+
+    parts: dict = {}
+
+    def timed(name, fn):
+        def run(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                sync()
+                parts[name] = time.perf_counter() - t
+
+        return run
+
+    for name in ("find_checkpoint", "manifest", "build_model", "load_tokenizer"):
+        setattr(checkpoint, name, timed(name, getattr(checkpoint, name)))
+    return parts
 
 
 # ------------------------------------------------------------------------------------------ a/b
 
 
-def _fused_merge(on: bool) -> None:
+def _attention_split(split: int | None) -> None:
     import pixdesk.engine.decode_attention as da
 
-    da.FUSED_MERGE = on
+    da.FIXED_SPLIT = split
 
 
 AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
-    "two_kernel_merge": lambda: _fused_merge(False),
-    "fused_merge": lambda: _fused_merge(True),
+    "split_256": lambda: _attention_split(256),
+    "split_auto": lambda: _attention_split(None),
 }
 
 

@@ -6,7 +6,7 @@
   multiply-reduce form (`gqa_decode_reduce`), each compiled as the static step compiles it.
 
     PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
-    PARTS=attention ATTENTION=kernel,kernel2 ...   # one part; attention forms: matmul, kernel, kernel2 (2 launches)
+    PARTS=attention ATTENTION=kernel,kernel64 ...  # forms: matmul, kernel (split_keys), kernelN (N keys a program)
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-ATTENTION = os.environ.get("ATTENTION", "matmul,kernel,kernel2").split(",")
+ATTENTION = os.environ.get("ATTENTION", "matmul,kernel,kernel256").split(",")
 SHAPES = [(6144, 5120), (5120, 4096), (28672, 5120), (5120, 14336)] * 40 + [(131072, 5120)]
 
 
@@ -131,14 +131,15 @@ def attention(res: dict) -> None:
         pos = torch.full((slots,), 4300, device="cuda")
         key_pos = torch.arange(S, device="cuda")
         torch._dynamo.mark_dynamic(key_pos, 0)
-        for name in ATTENTION:
-            da.FUSED_MERGE = name != "kernel2"  # "kernel2": the split kernel + a separate merge kernel
-            step = attention_step(name, ks, vs)
+        for name in ATTENTION:  # "kernel": split_keys' choice; "kernel64" etc.: that many keys per program
+            split = name.removeprefix("kernel")
+            da.FIXED_SPLIT = int(split) if split.isdigit() else None
+            step = attention_step(name.rstrip("0123456789"), ks, vs)
             t0 = time.perf_counter()
             step(q, key_pos, pos)
             res[f"attn_{name}_slots{slots}_compile_s"] = time.perf_counter() - t0
             t = graph_time(lambda step=step, q=q, key_pos=key_pos, pos=pos: step(q, key_pos, pos))
-            da.FUSED_MERGE = False
+            da.FIXED_SPLIT = None
             res[f"attn_{name}_slots{slots}_ms"] = t * 1e3
             res[f"attn_{name}_slots{slots}_GBps"] = 2 * 40 * slots * S * Hkv * D * 2 / t / 1e9
             print(json.dumps(res), flush=True)

@@ -123,7 +123,7 @@ def main() -> None:
     ap.add_argument("--skip-old", action="store_true", help="time only the streamer")
     ap.add_argument("--chunk-mib", type=int, default=None, help="the streamer's chunk (staging buffer) size")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--keep", type=Path, default=None, help="checkpoint folder to write or reuse")
+    ap.add_argument("--keep", type=Path, default=None, help="checkpoint folder to write, or to read if it holds one")
     a = ap.parse_args()
     if a.chunk_mib:
         stream.CHUNK_BYTES = a.chunk_mib << 20
@@ -131,7 +131,8 @@ def main() -> None:
         torch.zeros(1, device=a.device)  # the CUDA context is not part of a load
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        d = write_random(a.keep or Path(tmp) / a.shape, SHAPES[a.shape])
+        reuse = a.keep and (a.keep / "consolidated.safetensors").exists()  # e.g. the ready stage's checkpoint
+        d = a.keep if reuse else write_random(a.keep or Path(tmp) / a.shape, SHAPES[a.shape])
         weights = d / "consolidated.safetensors"
         gb = weights.stat().st_size / 1e9
         warm(weights)

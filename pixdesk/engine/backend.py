@@ -94,6 +94,7 @@ class LocalEngine:
         self.scheduler = Scheduler(self.model, config)
         self.config = config = self.scheduler.config  # with max_context resolved ("auto")
         self.warmup_s: float | None = None  # set by warm_up() (start() runs it where the step compiles)
+        self.warmup_parts: list[tuple[str, float]] = []  # (what, seconds) per warm-up request
         self._grammar = None  # llguidance, built on first structured request (a bare GPU box may lack it)
         v = self.model.args.vision
         self.info = ModelInfo(
@@ -133,26 +134,34 @@ class LocalEngine:
         t0 = time.perf_counter()
         eos = getattr(self.tokenizer, "EOS", 2)
         params = SamplingParams(max_tokens=3, logit_bias={eos: -100.0})  # decode must happen
-        for prompt in self._warm_up_prompts():
+        self.warmup_parts = []
+        for label, prompt in self._warm_up_prompts():
+            t = time.perf_counter()
             for _ in self.submit(prompt, params, client_id="pixdesk-warm-up"):
                 pass
+            self.warmup_parts.append((label, round(time.perf_counter() - t, 3)))
         self.scheduler.stats = EngineStats()  # warm-up is not traffic
         self.warmup_s = time.perf_counter() - t0
-        log.info("warm-up (compile, CUDA graph capture, kernel tuning) took %.1f s", self.warmup_s)
+        log.info("warm-up (compile, CUDA graph capture, kernel tuning) took %.1f s: %s", self.warmup_s,
+                 ", ".join(f"{label} {s:.1f} s" for label, s in self.warmup_parts))  # fmt: skip
         return self.warmup_s
 
-    def _warm_up_prompts(self) -> list[EncodedPrompt]:
+    def _warm_up_prompts(self) -> list[tuple[str, EncodedPrompt]]:
         """A full prefill (regions), 5 tokens after a prefix hit and 1 token after a full hit (the rows graph;
         without it, the regions' 1-token specialization), and a small image (the vision encoder's regions)."""
         n = max(1, min(64, self.config.max_context - 12))  # prompt + 5 more + 3 generated must fit
         base = [1, *range(1000, 1000 + n)]
-        prompts = [EncodedPrompt(ids, []) for ids in (base, [*base, *range(1100, 1105)], base)]
+        prompts = [
+            ("full prefill + decode", EncodedPrompt(base, [])),
+            ("5 tokens after a prefix hit", EncodedPrompt([*base, *range(1100, 1105)], [])),
+            ("1 token after a full hit", EncodedPrompt(base, [])),
+        ]
         v = self.model.args.vision
         if v is not None and n > 12:
             rows, cols = 2, 3
             pixels = torch.zeros(3, rows * v.patch_size, cols * v.patch_size)
             image = PreparedImage(pixels, rows, cols, "pixdesk-warm-up", (cols, rows))
-            prompts.append(EncodedPrompt([1, *image.token_ids(), 1000], [image]))
+            prompts.append(("image", EncodedPrompt([1, *image.token_ids(), 1000], [image])))
         return prompts
 
     def stop(self) -> None:

@@ -5,11 +5,17 @@ Why a kernel: the matmul form needs K as (B, Hkv, D, S), which this layout gives
 layer and step (measured on an H200 at the 4,352-key bucket: 0.65 ms per step for 1 slot, 4.9 ms for 8,
 about 1.1 TB/s; bench/kernels.py). Here each program reads a 256-key slice of one slot's KV head once and
 serves that head's G = H / Hkv query heads with two tensor-core products; a second small kernel merges
-the slices' partial softmaxes (or, with FUSED_MERGE, the last program to finish a head does). Keys at or
-past a slot's length are skipped, so idle slots cost nothing.
+the slices' partial softmaxes. Keys at or past a slot's length are skipped, so idle slots cost nothing.
+
+The slice length follows the grid (`split_keys`): one slot at the 4,352-key bucket is only 8 KV heads, so
+256-key slices gave 136 programs, about one per SM, each reading its 256 keys in four dependent steps
+(0.52 ms for 40 layers, 1.4 TB/s). Shorter slices put several programs on every SM. (Merging inside the
+split kernel, the last program of a head through an atomic count, measured slower: 0.72 ms, b1 -2%.)
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -17,19 +23,26 @@ import triton.language as tl
 
 from pixdesk.model.quant_triton import _DOT_F32
 
-SPLIT = 256  # keys per program
+SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
 BLOCK_S = 64  # keys per inner step
-# True: the last split program of each (row, KV head) merges the partials itself (an atomic count of
-# finished splits) instead of a second kernel, one launch less per layer and step. Checked in Triton's
-# interpreter only; off until measured and checked on a GPU (bench/kernels.py ATTENTION=kernel,kernel2).
-FUSED_MERGE = False
+PROGRAMS_PER_SM = 4  # enough programs that every SM keeps several key slices in flight
+FIXED_SPLIT: int | None = None  # a fixed slice length (bench/kernels.py sweeps it); None: split_keys
+
+
+def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
+    """The longest slice (fewest partials to merge) that still gives PROGRAMS_PER_SM programs per SM."""
+    if FIXED_SPLIT:
+        return FIXED_SPLIT
+    for split in reversed(SPLITS):
+        if rows_x_kv_heads * triton.cdiv(n_keys, split) >= PROGRAMS_PER_SM * n_sms:
+            return split
+    return SPLITS[0]
 
 
 @triton.jit
-def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, out_ptr, count_ptr, n_keys,
-             n_splits, sm_scale, stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr,
-             D: tl.constexpr, SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr,
-             FUSED: tl.constexpr, NSP: tl.constexpr):  # fmt: skip
+def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
+             stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
@@ -68,17 +81,12 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, out_pt
     tl.store(o_ptr + row[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
     tl.store(m_ptr + row, m_i, mask=g_ok)
     tl.store(l_ptr + row, l_i, mask=g_ok)
-    if FUSED:  # the last program of this (row, KV head) to finish merges the splits, then resets the count
-        done = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")  # release our partials, see everyone's
-        if done == n_splits - 1:
-            for g in tl.static_range(G):
-                _merge(o_ptr, m_ptr, l_ptr, out_ptr, bh * G + g, n_splits, D, NSP)
-            tl.atomic_xchg(count_ptr + bh, 0)
 
 
 @triton.jit
-def _merge(o_ptr, m_ptr, l_ptr, out_ptr, bh, n_splits, D: tl.constexpr, NSP: tl.constexpr):
+def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr):
     """Merge one (row, query head)'s split partials: a softmax over splits weighted by their maxima."""
+    bh = tl.program_id(0)
     rs, rd = tl.arange(0, NSP), tl.arange(0, D)
     ok = rs < n_splits
     m = tl.load(m_ptr + bh * n_splits + rs, mask=ok, other=float("-inf"))  # empty splits hold -inf
@@ -88,11 +96,6 @@ def _merge(o_ptr, m_ptr, l_ptr, out_ptr, bh, n_splits, D: tl.constexpr, NSP: tl.
     acc = tl.load(o_ptr + (bh * n_splits + rs[:, None]) * D + rd[None, :], mask=ok[:, None], other=0.0)
     out = tl.sum(acc * w[:, None], axis=0) / tl.sum(l_part * w, axis=0)
     tl.store(out_ptr + bh * D + rd, out.to(out_ptr.dtype.element_ty))
-
-
-@triton.jit
-def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr):
-    _merge(o_ptr, m_ptr, l_ptr, out_ptr, tl.program_id(0), n_splits, D, NSP)  # one (row, query head)
 
 
 @torch.library.custom_op("pixdesk::decode_attention", mutates_args=())
@@ -113,7 +116,8 @@ def decode_attention(
     B, H, D = q.shape
     Hkv = keys.shape[2]
     G = H // Hkv
-    n_splits = triton.cdiv(n_keys, SPLIT)
+    split = split_keys(B * Hkv, n_keys, _sm_count(q.device))
+    n_splits = triton.cdiv(n_keys, split)
     q = q.contiguous()
     partial = torch.empty(B, H, n_splits, D, dtype=torch.float32, device=q.device)
     m = torch.empty(B, H, n_splits, dtype=torch.float32, device=q.device)
@@ -121,26 +125,19 @@ def decode_attention(
     out = torch.empty_like(q)
     nsp = max(2, triton.next_power_of_2(n_splits))
     _partial[(B * Hkv, n_splits)](
-        q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, out,
-        _counters(B * Hkv, q.device), n_keys, n_splits, D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G,
-        GP=max(16, triton.next_power_of_2(G)), D=D, SPLIT=SPLIT, BLOCK_S=BLOCK_S, ROW_SLOTS=slots is not None,
-        FUSED=FUSED_MERGE, NSP=nsp,
+        q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
+        D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
+        SPLIT=split, BLOCK_S=min(BLOCK_S, split), ROW_SLOTS=slots is not None,
     )  # fmt: skip
-    if not FUSED_MERGE:
-        _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
+    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
     return out
 
 
-_COUNTERS: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _counters(n: int, device: torch.device) -> torch.Tensor:
-    """Per (row, KV head) counts of finished splits: zero between calls (the merging program resets its
-    own), allocated once per size, so CUDA graphs captured after a first call keep using the same memory."""
-    key = (device, n)
-    if key not in _COUNTERS:
-        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":  # Triton's interpreter (CPU tests)
+        return 132
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 @decode_attention.register_fake

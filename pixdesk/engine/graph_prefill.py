@@ -55,6 +55,8 @@ class GraphPrefill:
         """blocks: the layers as compiled regions; with them, on CUDA, each (rows, key bucket) is captured."""
         self.model, self.cache, self.bucket_size = model, cache, bucket_size
         self.blocks, self.kernel = blocks, kernel
+        if kernel:
+            import pixdesk.engine.decode_attention  # noqa: F401  (registers pixdesk::decode_attention)
         self.use_graphs = blocks is not None and cache.device.type == "cuda"
         # Quantized linears read packed weights only up to DECODE_ROWS rows; past that they dequantize the
         # whole weight per call (model/quant_ops.py), no cheaper inside a graph than in the eager prefill.

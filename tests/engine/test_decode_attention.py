@@ -23,18 +23,20 @@ CHECK = textwrap.dedent(
     g = torch.Generator().manual_seed(0)
     cases = [(3, 601, 2, 16, 8, [10, 600, 1], 512), (1, 300, 8, 128, 32, [257], 256),
              (2, 70, 1, 32, 4, [64, 3], 64)]
-    # the merge in the last split program (twice: the counts must be back at zero) and in a second kernel
-    for i, (B, T, Hkv, D, H, lens, n_keys) in enumerate([*cases, *cases]):
-        da.FUSED_MERGE = i % 2 == 0
-        k, v = torch.randn(B, T, Hkv, D, generator=g), torch.randn(B, T, Hkv, D, generator=g)
-        q = torch.randn(B, 1, H, D, generator=g)
-        lengths = torch.tensor(lens)
-        mask = torch.arange(n_keys)[None, :] < lengths[:, None]
-        ref = gqa_decode(q, k[:, :n_keys], v[:, :n_keys], mask)[:, 0]
-        out = decode_attention(q[:, 0], k, v, lengths, n_keys)
-        assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5, (B, T, lens, da.FUSED_MERGE)
-    assert all(not c.any() for c in da._COUNTERS.values())
-    da.FUSED_MERGE = False
+    # the slice length chosen from the grid, and each fixed one (a different number of partials to merge)
+    for split in (None, *da.SPLITS):
+        da.FIXED_SPLIT = split
+        for B, T, Hkv, D, H, lens, n_keys in cases:
+            k, v = torch.randn(B, T, Hkv, D, generator=g), torch.randn(B, T, Hkv, D, generator=g)
+            q = torch.randn(B, 1, H, D, generator=g)
+            lengths = torch.tensor(lens)
+            mask = torch.arange(n_keys)[None, :] < lengths[:, None]
+            ref = gqa_decode(q, k[:, :n_keys], v[:, :n_keys], mask)[:, 0]
+            out = decode_attention(q[:, 0], k, v, lengths, n_keys)
+            assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5, (B, T, lens, split)
+    da.FIXED_SPLIT = None
+    grids = [(8, 4352), (64, 4352), (8, 300)]  # (rows x KV heads, keys): 1 slot, 8 slots, a short context
+    assert [da.split_keys(n, keys, 132) for n, keys in grids] == [64, 256, 64]
 
     # rows mapped to slots: four rows of slot 1, each seeing the keys before its own position
     k, v = torch.randn(3, 300, 2, 16, generator=g), torch.randn(3, 300, 2, 16, generator=g)

@@ -55,6 +55,7 @@ def test_native_gqa_causal_attention_equals_repeated_heads(monkeypatch):
         torch.randn(1, 9, 2, 16, generator=g),
         torch.randn(1, 9, 2, 16, generator=g),
     )
+    monkeypatch.setattr(layers, "NATIVE_GQA", False)
     want = layers.sdpa(q, k, v, None, causal=True)
     monkeypatch.setattr(layers, "NATIVE_GQA", True)
     got = layers.sdpa(q, k, v, None, causal=True)
