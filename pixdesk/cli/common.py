@@ -101,6 +101,7 @@ def demo_checkpoint_dir() -> Path:
 
 
 def load_engine_checkpoint(settings: Settings, on_progress=None):
+    from pixdesk.engine.prewarm import import_compiler_in_background
     from pixdesk.weights.checkpoint import load_checkpoint, resolve_device, resolve_dtype
 
     model_dir = settings.model.path
@@ -116,6 +117,7 @@ def load_engine_checkpoint(settings: Settings, on_progress=None):
             on_progress(done / max(total, 1))
         err(f"\rloading weights {100 * done // max(total, 1):3d}%", end="")
 
+    import_compiler_in_background(device)  # beside the weights: the engine compiles next
     quant = settings.model.quant
     if quant != "none":
         where = cache_dir() / "quantized"

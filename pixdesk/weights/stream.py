@@ -40,7 +40,7 @@ from pixdesk.errors import InvalidCheckpoint
 
 CHUNK_BYTES = 64 << 20  # one staging buffer; large enough that per-chunk overhead is noise
 MAX_AHEAD = 1 << 30  # allocated, not yet consumed destinations (plus the tensors spanning a chunk)
-THREADS = 4  # 12B onto an H200 in 1.6 s (15 GB/s); 8-16 did better in some runs: bench/NOTES.md
+THREADS = 8  # 12B onto an H200 from the page cache: 4 readers 1.6-8 s, 8 readers 1.1-1.4 s (bench/NOTES.md)
 _MAX_SEGMENTS = 512  # one preadv takes at most IOV_MAX (1024 on Linux) buffers
 THREAD_PREFIX = "pixdesk-load"
 
