@@ -6,9 +6,12 @@ decode step's shape, each row one token at its own position, padded to a row buc
 row writes its keys and values first, then each row attends to the keys before its own position (row r
 sees `lengths[r] = position + 1` keys, the new rows before it included), which is causal attention.
 Each layer runs as the compiled regions the long prefill uses (model/regions.py: compiling one layer, not
-the whole 40-layer step, keeps the engine's start short), with attention between them, and the step is
-captured as a CUDA graph per (rows, key bucket) like the decode step (engine/static.py); inside a graph
-the Python between the regions costs nothing. The LM head runs for the last real row only.
+the whole 40-layer step, keeps the engine's start short), with attention between them. The rows are laid
+out as one sequence, (1, rows, dim), the shape a prefill chunk has, so the regions' graph for a dynamic
+length serves them as well (as (rows, 1, dim) they were a second specialization, compiled at every start:
+most of the 2.7 s this warm-up step took on an H200 with a warm compile cache). The step is captured as a
+CUDA graph per (rows, key bucket) like the decode step (engine/static.py); inside a graph the Python
+between the regions costs nothing. The LM head runs for the last real row only.
 
 Padded rows write to the slot's spare position (the decode step's park spot) and attend to one key;
 their outputs are never read.
@@ -35,15 +38,16 @@ class RowsView:
         self.key_pos, self.kernel = key_pos, kernel
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (1, rows, H, D), k and v (1, rows, Hkv, D): the rows as one sequence -> (1, rows, H, D)."""
         kc, vc = self.cache.k[layer], self.cache.v[layer]
-        kc[self.slots, self.positions] = k[:, 0]
-        vc[self.slots, self.positions] = v[:, 0]
+        kc[self.slots, self.positions] = k[0]
+        vc[self.slots, self.positions] = v[0]
         n_keys = self.key_pos.shape[0]
         if self.kernel:
-            out = torch.ops.pixdesk.decode_attention(q[:, 0], kc, vc, self.lengths, n_keys, self.slots)
-            return out[:, None]
+            return torch.ops.pixdesk.decode_attention(q[0], kc, vc, self.lengths, n_keys, self.slots)[None]
         mask = self.key_pos[None, :] < self.lengths[:, None]  # (rows, n_keys)
-        return gqa_decode(q, kc[self.slots, :n_keys], vc[self.slots, :n_keys], mask)
+        out = gqa_decode(q[0][:, None], kc[self.slots, :n_keys], vc[self.slots, :n_keys], mask)
+        return out[:, 0][None]
 
 
 class GraphPrefill:
@@ -66,7 +70,7 @@ class GraphPrefill:
         )
         device, dim = cache.device, model.args.text.dim
         rows = ROW_BUCKETS[-1]
-        self.h = torch.zeros(rows, 1, dim, dtype=model.dtype, device=device)
+        self.h = torch.zeros(1, rows, dim, dtype=model.dtype, device=device)
         pinned = device.type == "cuda"
         self._staging = torch.zeros(4, rows, dtype=torch.long, pin_memory=pinned)
         self._io = torch.zeros(4, rows, dtype=torch.long, device=device)  # slots, positions, lengths, last
@@ -79,12 +83,12 @@ class GraphPrefill:
 
     def _step(self, h, slots, positions, lengths, last, key_pos) -> torch.Tensor:
         view = RowsView(self.cache, slots, positions, lengths, key_pos, self.kernel)
-        out = self.model(h, positions[:, None], view, self.blocks)  # (rows, 1, dim)
-        return self.model.logits(out[:, 0].index_select(0, last))[0]  # (V,) fp32
+        out = self.model(h, positions[None], view, self.blocks)  # (1, rows, dim)
+        return self.model.logits(out[0].index_select(0, last))[0]  # (V,) fp32
 
     def _args(self, rows: int, bucket: int) -> tuple:
         io = self._io[:, :rows]
-        return self.h[:rows], io[0], io[1], io[2], self._io[3, :1], self._keys(bucket)
+        return self.h[:, :rows], io[0], io[1], io[2], self._io[3, :1], self._keys(bucket)
 
     def _keys(self, bucket: int) -> torch.Tensor:
         if bucket not in self._key_pos:
@@ -122,8 +126,8 @@ class GraphPrefill:
         staged[2, :n] = staged[1, :n] + 1
         staged[3, 0] = n - 1
         self._io.copy_(staged, non_blocking=True)
-        self.h[:n, 0].copy_(embeds)
-        self.h[n:rows].zero_()
+        self.h[0, :n].copy_(embeds)
+        self.h[0, n:rows].zero_()
         bucket = min(-(-(start + n) // self.bucket_size) * self.bucket_size, self.cache.max_len)
         if self.use_graphs:
             graph, logits = self._graph(rows, bucket)
