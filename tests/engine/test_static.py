@@ -34,6 +34,26 @@ def test_static_step_matches_dynamic_step(tiny):
     assert len(static.steps) >= 1
 
 
+def test_the_step_compiled_as_layer_regions_equals_the_eager_step(tiny):
+    """LAYER_REGIONS: each layer one nested compile region (traced once, reused), every input an argument."""
+    model = tiny.model
+    kv_a, kv_b = (KVCache.for_model(model, 2, 64) for _ in range(2))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        prefix = model.tok_embeddings(torch.randint(10, 1000, (9,), generator=g))
+        for kv in (kv_a, kv_b):
+            prefill(model, kv, 1, prefix, 0)
+        eager = StaticDecoder(model, kv_a, compile=False, bucket_size=16)
+        regions = StaticDecoder(model, kv_b, compile=True, bucket_size=16, layer_regions=True)
+        slots, tokens, positions = torch.tensor([1]), torch.tensor([500]), torch.tensor([9])
+        for step in range(3):
+            want = eager.step(slots, tokens, positions)
+            got = regions.step(slots, tokens, positions)
+            assert float((got - want).abs().max()) <= TOL * float(want.abs().max()), step
+            tokens, positions = want.argmax(-1), positions + 1
+    assert torch.equal(kv_a.k[0], kv_b.k[0]) or float((kv_a.k[0] - kv_b.k[0]).abs().max()) < 1e-4
+
+
 def test_fused_projections_compute_the_same(tiny_dir):
     from pixdesk.weights.checkpoint import load_checkpoint
 
