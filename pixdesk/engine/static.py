@@ -19,9 +19,9 @@ from pixdesk.model.rope import rope_tables, text_angles
 
 # The compiled step traced as one decoder layer stamped out for all 40 (torch.compiler.nested_compile_region)
 # instead of 40 layers unrolled: Dynamo's trace of the whole step is most of a warm engine start (6.8 s of
-# 13.8 on an H200), and a 40-layer toy step compiled in 4.3 s instead of 34 s on the CPU. Off until measured
-# on a GPU: the residual add that ends a layer can no longer fuse into the next layer's RMSNorm (about 40
-# kernels more per step).
+# 13.8 on an H200); for a 40-layer toy step on the CPU Dynamo's tracing took 1.2-1.3 s instead of 4.0-5.1 s
+# (bench/decode_compile.py --small, warm caches). Each region ends at a GEMM output (_decode_layer), so the step should keep
+# its kernels; off until bench/decode_compile.py has timed both forms on a GPU.
 LAYER_REGIONS = False
 
 
@@ -68,12 +68,20 @@ def attend_slots(kc, vc, rows, positions, reads, n_keys: int, kernel: bool, q, k
     return gqa_decode(q, kc[:, :n_keys], vc[:, :n_keys], reads)
 
 
-def _decode_layer(layer, h, cos, sin, kc, vc, rows, positions, reads, key_pos, kernel: bool) -> torch.Tensor:
-    """One decoder layer of the static step, every input an argument (no layer index): the same traced
-    region serves all layers (LAYER_REGIONS)."""
+def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, key_pos, kernel: bool):
+    """One decoder layer of the static step with every input an argument (no layer index), so the same
+    traced region serves all layers (LAYER_REGIONS).
+
+    The layer's last residual add is deferred to the next call: it takes the previous layer's residual
+    stream and feed-forward branch and returns its own pair. The region thus ends at the down projection's
+    output, a GEMM result in memory anyway, and the add still fuses into the next layer's RMSNorm: the same
+    kernels as the step compiled whole.
+    """
+    x = x + branch
     n_keys = key_pos.shape[0]
     attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
-    return layer(h, cos, sin, attend)
+    h = x + layer.attention.output(attend(*layer.project(x, cos, sin)))
+    return h, layer.feed_forward(layer.ffn_norm(h))
 
 
 if hasattr(torch.compiler, "nested_compile_region"):  # torch >= 2.8
@@ -136,9 +144,11 @@ class StaticDecoder:
         m, t = self.model, self.model.args.text
         cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
         reads, rows = (view.lengths if self.kernel else view.mask), view.rows
+        branch = torch.zeros_like(h)
         for layer, kc, vc in zip(m.layers, self.cache.k, self.cache.v):
-            h = _decode_layer_region(layer, h, cos, sin, kc, vc, rows, positions, reads, key_pos, self.kernel)
-        return m.norm(h)
+            args = (cos, sin, kc, vc, rows, positions, reads, key_pos, self.kernel)
+            h, branch = _decode_layer_region(layer, h, branch, *args)
+        return m.norm(h + branch)
 
     def _function(self):
         if self._fn is None:
