@@ -39,6 +39,7 @@ from bench.gpu_model import (  # noqa: E402
     synthetic_tokenizer,
 )
 from bench.gpu_quant import stage_int4_12g, stage_quant  # noqa: E402
+from bench.gpu_ready import default_scratch, stage_ready, stage_ready_child  # noqa: E402
 
 QUESTION = list(range(2000, 2020))
 
@@ -228,104 +229,6 @@ def stage_check(args) -> None:
     save(args, "check", res)
 
 
-# ------------------------------------------------------------------------------------------ ready
-
-
-def stage_ready(args) -> None:
-    from bench.gpu_model import write_real_checkpoint
-
-    res: dict = {}
-    ckpt_dir = Path(args.scratch) / "pixtral-12b-random"
-    t0 = time.perf_counter()
-    res["checkpoint_bytes"] = write_real_checkpoint(ckpt_dir)
-    res["write_s"] = time.perf_counter() - t0
-    res["page_cache_GBps"] = _warm_page_cache(ckpt_dir / "consolidated.safetensors")  # "weights in the page cache"
-    cache = Path(args.scratch) / "compile-cache"
-    for label in ("cold", "warm"):
-        cmd = [sys.executable, str(Path(__file__)), "--stage", "ready-child", "--model", str(ckpt_dir)]
-        t0 = time.perf_counter()
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
-               "PIXDESK_BENCH_T0": repr(time.time())}  # fmt: skip
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        child = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
-        res[f"process_{label}_s"] = time.perf_counter() - t0  # includes one request and the shutdown
-        if child:  # ready = spawn -> loaded, compiled, captured: when the daemon would answer
-            res[f"ready_{label}_s"] = child["imports_s"] + child["load_s"] + child["engine_start_s"]
-        res[f"child_{label}"] = child or {"rc": proc.returncode, "stderr": proc.stderr[-3000:]}
-        save(args, "ready", res)  # after each child: a run cut short keeps what it measured
-
-
-def _warm_page_cache(path: Path) -> float:
-    """Flush the freshly written file, then read it twice (the second read is timed: GB/s from the cache)."""
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-    for _ in range(2):
-        t0 = time.perf_counter()
-        with open(path, "rb", buffering=0) as f:
-            while f.read(64 << 20):
-                pass
-    return path.stat().st_size / (time.perf_counter() - t0) / 1e9
-
-
-def stage_ready_child(args) -> None:
-    """A fresh process: load through the real loader, warm up, report; the parent times the whole."""
-    import resource
-
-    import torch
-
-    from pixdesk.engine.prewarm import import_compiler_in_background
-    from pixdesk.weights.checkpoint import load_checkpoint
-
-    since_spawn_s = time.time() - float(os.environ.get("PIXDESK_BENCH_T0", time.time()))  # start + imports
-    torch.cuda.init()
-    parts = _time_load_parts()
-    t0 = time.perf_counter()
-    import_compiler_in_background(DEVICE)  # as the daemon does (cli/common.py)
-    ckpt = load_checkpoint(args.model, dtype=torch.bfloat16, device=DEVICE)
-    ckpt.model.fuse_projections()
-    sync()
-    load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    eng = engine_for(ckpt, 1, start=False, prefix_cache_bytes=2**30)  # KV sizing
-    construct_s = time.perf_counter() - t1
-    eng.start()  # compile + capture (warm-up)
-    start_s = time.perf_counter() - t1
-    compile_times = torch._dynamo.utils.compile_times(repr="str")
-    t1 = time.perf_counter()
-    timed_run(eng, image_prompt(1, QUESTION), 8)
-    first_s = time.perf_counter() - t1
-    eng.stop()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(json.dumps({"imports_s": since_spawn_s, "load_s": load_s, "load_parts_s": parts,
-                      "engine_start_s": start_s, "engine_construct_s": construct_s,
-                      "compile_times": compile_times,
-                      "engine_warmup_s": eng.warmup_s, "warmup_parts_s": eng.warmup_parts,
-                      "first_request_s": first_s,
-                      "peak_host_rss_gb": rss * 1.073741824}))  # fmt: skip
-
-
-def _time_load_parts() -> dict:
-    """Seconds inside load_checkpoint per step (manifest, weights, tokenizer), filled in as they run."""
-    import pixdesk.weights.checkpoint as checkpoint
-
-    parts: dict = {}
-
-    def timed(name, fn):
-        def run(*a, **kw):
-            t = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                sync()
-                parts[name] = time.perf_counter() - t
-
-        return run
-
-    for name in ("find_checkpoint", "manifest", "build_model", "load_tokenizer"):
-        setattr(checkpoint, name, timed(name, getattr(checkpoint, name)))
-    return parts
-
-
 # ------------------------------------------------------------------------------------------ a/b
 
 
@@ -366,21 +269,6 @@ def stage_ab(args) -> None:
     AB_VARIANTS[next(iter(AB_VARIANTS))]()  # back to the baseline
 
 
-# ------------------------------------------------------------------------------------------ merge
-
-
-def default_scratch() -> str:
-    """RAM (/dev/shm) when it holds the checkpoint with room to spare: writing 25 GB there takes seconds
-    instead of ~50 s on disk, and the ready stage measures loads from the page cache anyway."""
-    try:
-        st = os.statvfs("/dev/shm")
-        if st.f_bavail * st.f_frsize > 40 * 2**30:
-            return "/dev/shm/pixdesk-bench"
-    except OSError:
-        pass
-    return "/tmp/pixdesk-bench"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["limits", "peer", "bf16", "check", "ready", "ready-child", "int8", "int4",
@@ -402,8 +290,8 @@ def main() -> None:
         "peer": lambda: run_shared(args, "peer_transformers.py", "peer"),
         "bf16": lambda: stage_bf16(args),
         "check": lambda: stage_check(args),
-        "ready": lambda: stage_ready(args),
-        "ready-child": lambda: stage_ready_child(args),
+        "ready": lambda: stage_ready(args, save),
+        "ready-child": lambda: stage_ready_child(args, engine_for, timed_run, image_prompt(1, QUESTION)),
         "int8": lambda: stage_quant(args, "int8", save, engine_measurements),
         "int4": lambda: stage_quant(args, "int4", save, engine_measurements),
         "int4-12g": lambda: stage_int4_12g(args, engine_for, timed_run),
