@@ -8,6 +8,7 @@ import sys
 import webbrowser
 
 from pixdesk.cli.common import err, load_engine_checkpoint, model_flags, settings_from
+from pixdesk.cli.remote import loading_phase
 from pixdesk.config import Settings
 from pixdesk.errors import InvalidRequest
 
@@ -102,7 +103,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
     version = client.info.get("version", "?")
     line = f"running {client.url} pid {client.pid} version {version}; model {health.get('status')}"
     if health.get("status") == "loading":
-        line += f" ({100 * health.get('progress', 0):.0f}%)"
+        line += f" ({loading_phase(health)})"
     elif health.get("status") == "ready":
         status, models = client.call("GET", "/v1/models")
         if status == 200 and models.get("data"):

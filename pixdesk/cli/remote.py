@@ -74,13 +74,13 @@ class DaemonSession:
                     f"the daemon at {self.url} could not load its model; see {log_dir() / 'daemon.log'} "
                     "(or the terminal running `pixdesk serve`), fix the cause, then `pixdesk stop` and retry"
                 )
-            progress = float(body.get("progress", 0.0)) if isinstance(body, dict) else 0.0
+            doing = loading_phase(body)
             if time.monotonic() >= deadline:
                 raise ModelLoading(
-                    f"the daemon's model is still loading ({100 * progress:.0f}%) after {timeout_s:g} s; "
+                    f"the daemon's model is still loading ({doing}) after {timeout_s:g} s; "
                     "retry shortly (`pixdesk status` shows progress) or raise server.load_wait_s"
                 )
-            err(f"\rpixdesk: the daemon is loading its model {100 * progress:3.0f}%", end="")
+            err(f"\rpixdesk: the daemon is loading its model: {doing}", end="")
             shown = True
             time.sleep(poll_s)
 
@@ -189,3 +189,12 @@ def _seconds(value: str) -> float:
 
 def _say_waiting(delay: float, why: str) -> None:
     err(f"pixdesk: the daemon is busy ({why}); retrying in {delay:.0f} s")
+
+
+def loading_phase(health) -> str:
+    """A loading /health body in words: "42%" while the weights load, then the warm-up."""
+    if not isinstance(health, dict):
+        return "0%"
+    if health.get("phase") == "warm-up":
+        return "weights in, compiling and warming up"
+    return f"{100 * float(health.get('progress', 0.0)):.0f}%"

@@ -20,8 +20,8 @@ from pixdesk.model.rope import rope_tables, text_angles
 # The compiled step traced as one decoder layer stamped out for all 40 (torch.compiler.nested_compile_region)
 # instead of 40 layers unrolled: Dynamo's trace of the whole step is most of a warm engine start (6.8 s of
 # 13.8 on an H200); for a 40-layer toy step on the CPU Dynamo's tracing took 1.2-1.3 s instead of 4.0-5.1 s
-# (bench/decode_compile.py --small, warm caches). Each region ends at a GEMM output (_decode_layer), so the step should keep
-# its kernels; off until bench/decode_compile.py has timed both forms on a GPU.
+# (bench/decode_compile.py --small, warm caches). Each region ends at a GEMM output (_decode_layer), so the
+# step should keep its kernels; off until bench/decode_compile.py has timed both forms on a GPU.
 LAYER_REGIONS = False
 
 

@@ -124,11 +124,12 @@ def create_app(
 
 
 async def health(request: Request) -> Response:
-    """Public: loading/ready (with progress while loading) and nothing else."""
+    """Public: loading/ready (with progress and phase while loading) and nothing else."""
     slot = request.app.state.ctx.slot
     body = {"status": slot.state}
     if slot.state == "loading":
         body["progress"] = round(slot.progress, 3)
+        body["phase"] = slot.phase
     return JSON(body, status_code=200 if slot.state == "ready" else 503)
 
 

@@ -2,6 +2,9 @@
 
 The daemon starts listening first and loads the checkpoint in a background thread, so `/health` can report
 progress and requests that arrive meanwhile wait (bounded by server.load_wait_s) instead of failing.
+Loading has two phases: "weights" (progress 0..1) and then "warm-up" (on a GPU the engine compiles and
+captures its steps before it reports ready: seconds with a warm compile cache, about a minute on a first
+start), so a client does not read a long wait at 100% as a hang.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class ModelSlot:
         self.loader: Loader | None = None
         self.owned = False  # the slot loaded the engine itself, so it also stops it
         self.progress = 0.0
+        self.phase = "weights"  # then "warm-up" (see the module doc)
         self.error: str | None = None
         self._ready = threading.Event()
         if hasattr(engine_or_loader, "submit"):
@@ -65,6 +69,7 @@ class ModelSlot:
             engine = self.loader(self._report)
             start_engine = getattr(engine, "start", None)
             if callable(start_engine):
+                self.progress, self.phase = 1.0, "warm-up"
                 start_engine()
             self.engine, self.owned, self.progress = engine, True, 1.0
             log.info("model ready in %.1f s", time.perf_counter() - start)
@@ -92,8 +97,9 @@ class ModelSlot:
             raise ModelUnavailable(
                 f"the model failed to load ({self.error}); see the daemon log and restart it"
             )
+        doing = "compiling and warming up" if self.phase == "warm-up" else f"{100 * self.progress:.0f}%"
         raise ModelLoading(
-            f"the model is still loading ({100 * self.progress:.0f}%); retry shortly "
+            f"the model is still loading ({doing}); retry shortly "
             f"(requests wait up to server.load_wait_s = {wait_s:g} s)",
             retry_after=5,
         )

@@ -6,7 +6,7 @@ Login contract (the page codes against it):
 - `POST /auth/exchange` {"code": "..."} from the page (Origin must be this server's own origin) ->
   200 {"ok": true, ...} + `Set-Cookie: pixdesk_session=...; HttpOnly; SameSite=Strict; Path=/`;
   401 invalid_login_code for an unknown, used or expired code.
-- `GET /auth/session` -> 200 {"ok": true, "model", "demo", "loading", "progress"} with a valid cookie
+- `GET /auth/session` -> 200 {"ok": true, "model", "demo", "loading", "progress", "phase"} with a valid cookie
   (or key), 401 invalid_api_key otherwise.
 API routes then accept the cookie as they accept the key (same-origin or no Origin only).
 """
@@ -88,6 +88,7 @@ def session_info(ctx) -> dict:
         "demo": ctx.slot.demo,
         "loading": ctx.slot.state == "loading",
         "progress": ctx.slot.progress,
+        "phase": ctx.slot.phase,
     }
 
 

@@ -182,8 +182,9 @@ class Bridge:
         try:
             _, health = await call_json(self.url, "GET", "/health", timeout=1.0)
             out["state"] = health.get("status", "starting")
-            if "progress" in health:
-                out["progress"] = health["progress"]
+            for key in ("progress", "phase"):
+                if key in health:
+                    out[key] = health[key]
             if out["state"] == "ready" and self.model is None:
                 status, models = await call_json(self.url, "GET", "/v1/models", key=self.key, timeout=2.0)
                 if status == 200 and models.get("data"):

@@ -60,6 +60,7 @@ def test_usage_errors_exit_2(capsys):
 @pytest.mark.parametrize(
     ("health", "error", "needle"),
     [((503, {"status": "loading", "progress": 0.5}), ModelLoading, "50%"),
+     ((503, {"status": "loading", "progress": 1.0, "phase": "warm-up"}), ModelLoading, "warming up"),
      ((503, {"status": "failed"}), ModelUnavailable, "could not load")],
 )  # fmt: skip
 def test_waiting_for_health_ends_with_a_clear_error(health, error, needle):

@@ -124,7 +124,7 @@ def test_requests_wait_while_the_model_loads(tiny_dir):
     with ServerThread(create_app(loader, settings, API_KEY), settings) as srv:
         live = Live(srv.port, loader.engine, None, None)
         status, _, body = live.request("GET", "/health", key=False)
-        assert (status, body) == (503, {"status": "loading", "progress": 0.5})
+        assert (status, body) == (503, {"status": "loading", "progress": 0.5, "phase": "weights"})
         result = []
         waiter = threading.Thread(target=lambda: result.append(live.chat("hi")))
         waiter.start()
@@ -135,6 +135,42 @@ def test_requests_wait_while_the_model_loads(tiny_dir):
         assert result[0][0] == 200
         assert live.request("GET", "/health", key=False)[2] == {"status": "ready"}
     loader.engine.stop()
+
+
+class WarmingEngine:
+    """A loaded engine whose start() (the GPU warm-up) runs until released."""
+
+    def __init__(self, engine):
+        self.engine, self.release = engine, threading.Event()
+
+    def start(self):
+        self.release.wait(30)
+        return self
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+
+def test_health_says_when_the_weights_are_in_and_the_engine_warms_up(tiny_dir):
+    engine = WarmingEngine(make_engine(tiny_dir, max_batch=2))
+    settings = make_settings(server={"load_wait_s": 0.2})
+    with ServerThread(create_app(lambda progress: engine, settings, API_KEY), settings) as srv:
+        live = Live(srv.port, engine.engine, None, None)
+        deadline = time.monotonic() + 10
+        while live.request("GET", "/health", key=False)[2].get("phase") != "warm-up":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        status, _, body = live.request("GET", "/health", key=False)
+        assert (status, body) == (503, {"status": "loading", "progress": 1.0, "phase": "warm-up"})
+        status, _, body = live.chat("hi")
+        assert status == 503 and "compiling and warming up" in body["error"]["message"]
+        engine.release.set()
+        deadline = time.monotonic() + 10
+        while live.request("GET", "/health", key=False)[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert live.chat("hi")[0] == 200
+    engine.engine.stop()
 
 
 def test_loading_wait_is_bounded_and_failures_are_reported(tiny_dir):

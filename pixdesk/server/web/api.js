@@ -49,7 +49,7 @@ export async function exchange(code) {
   return (await call("/auth/exchange", { body: { code } })).json();
 }
 
-/** {ok, model, demo, loading, progress} for a logged-in page; null when not logged in. */
+/** {ok, model, demo, loading, progress, phase} for a logged-in page; null when not logged in. */
 export async function session() {
   try {
     return await (await call("/auth/session")).json();

@@ -49,7 +49,10 @@ async function checkSession(reason) {
   if (info.loading) {
     setState("loading");
     const demo = info.demo ? " (the built-in demo checkpoint)" : "";
-    showBanner("loading", `Loading the model… ${Math.round((info.progress || 0) * 100)}%${demo}`);
+    const doing = info.phase === "warm-up"
+      ? "Compiling and warming up (seconds; about a minute on a first start)…"
+      : `Loading the model… ${Math.round((info.progress || 0) * 100)}%`;
+    showBanner("loading", `${doing}${demo}`);
     setTimeout(() => checkSession(reason), 1000);
     return;
   }
