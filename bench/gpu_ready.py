@@ -35,6 +35,7 @@ def stage_ready(args, save) -> None:
     res["checkpoint_bytes"] = write_real_checkpoint(ckpt_dir)
     res["write_s"] = time.perf_counter() - t0
     res["page_cache_GBps"] = _warm_page_cache(ckpt_dir / "consolidated.safetensors")  # "weights in the page cache"
+    res["host_memory"] = _host_memory()  # why the page cache may not keep the file
     cache = Path(args.scratch) / "compile-cache"
     for label in ("cold", "warm"):
         cmd = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--stage", "ready-child", "--model", str(ckpt_dir)]
@@ -60,6 +61,29 @@ def _warm_page_cache(path: Path) -> float:
             while f.read(64 << 20):
                 pass
     return path.stat().st_size / (time.perf_counter() - t0) / 1e9
+
+
+def _host_memory() -> dict:
+    """GB: MemTotal / MemAvailable / Cached from /proc/meminfo, the cgroup's memory.max, /dev/shm's free."""
+    out: dict = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, value = line.split(":", 1)
+            if key in ("MemTotal", "MemAvailable", "Cached"):
+                out[key] = int(value.split()[0]) * 1024 / 1e9
+    except OSError:
+        pass
+    try:
+        raw = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        out["cgroup_memory_max"] = raw if raw == "max" else int(raw) / 1e9
+    except (OSError, ValueError):
+        pass
+    try:
+        st = os.statvfs("/dev/shm")
+        out["dev_shm_free"] = st.f_bavail * st.f_frsize / 1e9
+    except OSError:
+        pass
+    return out
 
 
 def stage_ready_child(args, engine_for, timed_run, prompt) -> None:
