@@ -10,6 +10,7 @@ Runs from source on a bare GPU machine (`PYTHONPATH=.`; torch, safetensors, nump
     python bench/gpu.py --stage int8      # quantize on the GPU: accuracy vs bf16, cache write/reload, engine
     python bench/gpu.py --stage int4      # the same for int4, plus a fresh process capped to 12 GiB
     python bench/gpu.py --stage ab        # switchable decode variants (AB_VARIANTS): b1 tok/s, same greedy ids
+                                          # (AB=baseline,cublaslt picks variants; the baseline always runs)
     python bench/gpu.py --merge DIR       # join DIR/stage-*.json into bench/results/<date>-<device>.json
 
 Each stage writes stage-<name>.json under $OUT (or --out). Decode is measured at a fixed context: the
@@ -249,15 +250,32 @@ def stage_check(args) -> None:
 # ------------------------------------------------------------------------------------------ a/b
 
 
-def _attention_split(split: int | None) -> None:
-    import pixdesk.engine.decode_attention as da
+def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
+             layer_regions: bool = False):  # fmt: skip
+    """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
+    the same place), and drops Dynamo's compiled code so compiler settings take effect."""
 
-    da.FIXED_SPLIT = split
+    def setup() -> None:
+        import torch
+        import torch._inductor.config as inductor
+
+        import pixdesk.engine.static as static
+
+        torch.backends.cuda.preferred_blas_library(blas)
+        inductor.coordinate_descent_tuning = coordinate_descent
+        inductor.max_autotune_gemm = autotune_gemm  # Triton GEMV templates against cuBLAS, per shape
+        static.LAYER_REGIONS = layer_regions
+        torch._dynamo.reset()
+
+    return setup
 
 
 AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
-    "split_256": lambda: _attention_split(256),
-    "split_auto": lambda: _attention_split(None),
+    "baseline": _variant(),
+    "cublaslt": _variant(blas="cublaslt"),
+    "coordinate_descent": _variant(coordinate_descent=True),
+    "autotune_gemm": _variant(autotune_gemm=True),
+    "layer_regions": _variant(layer_regions=True),
 }
 
 
@@ -271,8 +289,10 @@ def stage_ab(args) -> None:
     ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out_dir(args)))
     ckpt.model.fuse_projections()
     baseline = None
-    for name, setup in AB_VARIANTS.items():
-        setup()
+    first = next(iter(AB_VARIANTS))
+    chosen = [first, *[n for n in os.environ.get("AB", ",".join(AB_VARIANTS)).split(",") if n and n != first]]
+    for name in chosen:
+        AB_VARIANTS[name]()
         eng = engine_for(ckpt, 1, prefix_cache_bytes=0)
         timed_run(eng, image_prompt(10_000, QUESTION), 130)  # captures the long bucket
         runs = [timed_run(eng, image_prompt(20, QUESTION), 129) for _ in range(2)]
@@ -281,6 +301,7 @@ def stage_ab(args) -> None:
         res["variants"][name] = {
             "decode_tok_s_b1": max(128 / (r["times"][-1] - r["times"][0]) for r in runs),
             "same_ids_as_baseline": runs[0]["ids"] == baseline and runs[1]["ids"] == baseline,
+            "engine_warmup_s": eng.warmup_s,  # compile cost of the variant (the inductor cache is shared)
         }
         save(args, "ab", res)
     AB_VARIANTS[next(iter(AB_VARIANTS))]()  # back to the baseline
