@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from pixdesk.engine.cache import KVCache
+from pixdesk.engine.static import capture
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.quant import QuantLinear
 from pixdesk.model.quant_ops import DECODE_ROWS
@@ -98,19 +99,9 @@ class GraphPrefill:
     def _graph(self, rows: int, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         key = (rows, bucket)
         if key not in self.graphs:
-            fn, args = self._step, self._args(rows, bucket)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    fn(*args)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = fn(*args)
-            self.graphs[key] = (graph, out)
+            self.graphs[key] = capture(self._step, self._args(rows, bucket), self._pool)
         return self.graphs[key]
 
     def run(self, slot: int, embeds: torch.Tensor, start: int) -> torch.Tensor:

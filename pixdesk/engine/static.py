@@ -90,6 +90,21 @@ else:
     _decode_layer_region = _decode_layer
 
 
+def capture(fn, args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    """Run `fn(*args)` twice on a side stream (compilation, kernel tuning, allocator warm-up), then capture
+    one call into a CUDA graph using memory pool `pool`. Returns the graph and its output buffer."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn(*args)
+    return graph, out
+
+
 class StaticDecoder:
     def __init__(
         self,
@@ -158,21 +173,12 @@ class StaticDecoder:
     def _graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         """Capture the compiled step for this bucket once (after warm-up runs on a side stream)."""
         if bucket not in self.graphs:
-            fn, key_pos = self._function(), self._key_pos(bucket)
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):
-                    fn(self.tokens, self.positions, key_pos)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             # One memory pool for every bucket's graph: they never run at once, and each step's logits are
             # copied out before the next replay, so a new bucket reuses memory instead of adding its own.
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = fn(self.tokens, self.positions, key_pos)
-            self.graphs[bucket] = (graph, out)
+            args = (self.tokens, self.positions, self._key_pos(bucket))
+            self.graphs[bucket] = capture(self._function(), args, self._pool)
         return self.graphs[bucket]
 
     def _key_pos(self, bucket: int) -> torch.Tensor:
