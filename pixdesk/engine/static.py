@@ -22,7 +22,7 @@ from pixdesk.model.rope import rope_tables, text_angles
 # 13.8 on an H200); for a 40-layer toy step on the CPU Dynamo's tracing took 1.2-1.3 s instead of 4.0-5.1 s
 # (bench/decode_compile.py --small, warm caches). Each region ends at a GEMM output (_decode_layer), so the
 # step should keep its kernels; off until bench/decode_compile.py has timed both forms on a GPU.
-LAYER_REGIONS = False
+LAYER_REGIONS = True
 
 
 def _kernel_available(device: torch.device) -> bool:
