@@ -42,12 +42,13 @@ def graph_time(fn, iters: int = 20) -> float:
 
 
 def linear_chains(res: dict) -> None:
-    """int8 (our Triton GEMV), int4 as served (tinygemm after prepare_for_device), int4 through our Triton
-    GEMV on the canonical layout; plus a check of each against the dequantized weight."""
-    from pixdesk.model import quant_triton
-    from pixdesk.model.quant import Int4Linear, Int8Linear, dequantize, prepare_for_device
+    """int8 (our Triton GEMV), int4 through torch's tinygemm (the copy prepare_for_device can add), int4
+    through our Triton GEMV (its K-split partials, whose sum the compiled step folds into the next kernel);
+    plus a check of each against the dequantized weight. LINEARS=int8,int4_triton picks."""
+    from pixdesk.model import int4_triton, quant_triton
+    from pixdesk.model.quant import Int4Linear, Int8Linear, dequantize
 
-    for mode in ("int8", "int4", "int4_triton"):
+    for mode in os.environ.get("LINEARS", "int8,int4_tinygemm,int4_triton").split(","):
         cls = Int8Linear if mode == "int8" else Int4Linear
         mods = []
         for n, k in SHAPES:
@@ -56,23 +57,25 @@ def linear_chains(res: dict) -> None:
             del w
         x = torch.randn(3, 5120, device="cuda", dtype=torch.bfloat16)
         ref = x.float() @ dequantize(mods[0]).T
-        if mode == "int4":
+        if mode == "int4_tinygemm":
             for m in mods:
-                prepare_for_device(m)
+                m.add_tinygemm()
         nbytes = sum(b.numel() * b.element_size() for m in mods for b in m.buffers())
         nbytes += sum(
             t.numel() * t.element_size() for m in mods for t in (getattr(m, "cuda_pack", None) or ())
         )
         fn = mods[0] if mode != "int4_triton" else triton_int4(mods[0])
-        res[f"{mode}_check_rel_err"] = float((fn(x).float() - ref).abs().max() / ref.abs().max())
+        y = fn(x).float()
+        y = y.sum(0) if y.dim() == 3 else y
+        res[f"{mode}_check_rel_err"] = float((y - ref).abs().max() / ref.abs().max())
         for rows in (1, 8):
             xs = {k: torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 5120, 14336)}
             t = graph_time(chain(mods, xs, mode == "int4_triton"))
             res[f"{mode}_chain_rows{rows}_ms"] = t * 1e3
             res[f"{mode}_chain_rows{rows}_GBps"] = nbytes / t / 1e9
         res[f"{mode}_weight_GB"] = nbytes / 1e9
-        kernels = {"int8": [quant_triton._int8_gemv], "int4_triton": [quant_triton._int4_gemv1,
-                   quant_triton._int4_gemv_rows]}.get(mode, [])  # fmt: skip
+        kernels = {"int8": [quant_triton._int8_gemv],
+                   "int4_triton": [int4_triton._gemv1, int4_triton._gemv_rows]}.get(mode, [])  # fmt: skip
         res[f"{mode}_configs"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
         print(json.dumps(res), flush=True)
         mods.clear()
@@ -80,9 +83,9 @@ def linear_chains(res: dict) -> None:
 
 
 def triton_int4(m):
-    from pixdesk.model import quant_triton
+    from pixdesk.model import int4_triton
 
-    return lambda x: quant_triton.int4_gemv(x, m.qweight, m.scales, m.mins, m.group_size)
+    return lambda x: int4_triton.int4_gemv(x, m.qweight, m.scales, m.mins, m.group_size)
 
 
 def chain(mods, xs, triton_int4_path: bool = False):

@@ -3,9 +3,17 @@
 Formats (the canonical ones, also what the quantized cache stores):
 - int8: per output channel, symmetric. `qweight` int8 (N, K), `scales` fp32 (N,); w = q * s.
   Worked example: a row with max |w| = 0.254 gets s = 0.002, so w = -0.1 is stored as q = -50.
-- int4: groups of `group_size` along K, asymmetric. `qweight` uint8 (N, K/2): byte j of a row holds
-  k = 2j in its low nibble and k = 2j + 1 in its high nibble; `scales` and `mins` bf16 (N, K/G);
-  w = q * s + m with q in 0..15, s = (max - min) / 15 and m = min of the group.
+- int4: groups of `group_size` along K, asymmetric: w = q * s + m with q in 0..15, s = (max - min) / 15 and
+  m = min of the group; `scales` and `mins` bf16 (N, K/G). `qweight` uint8 (N, K/2) in the interleaved
+  layout the decode kernels want: a group of G weights is G/8 little-endian int32 words, and nibble i of
+  word w holds k = i * G/8 + w. For G = 128 (16 words):
+
+      word 0: k = 0, 16, 32, ..., 112  (nibble 0 = bits 0..3 holds k = 0, nibble 7 = bits 28..31 k = 112)
+      word 1: k = 1, 17, 33, ..., 113
+      ...
+      word 15: k = 15, 31, ..., 127
+
+  so nibble i of words 0..15 multiplies inputs 16i..16i+15, one vector load (`quant_ops.pack_int4`).
   Group size 128: the scale and minimum cost 4 bytes per 128 weights (0.25 bits, 6% over 4 bits; 32 would
   cost 25%), the output cosine on Gaussian weights stays ~0.995 (bound 0.99), and every decoder input
   size (4096, 5120, 14336) is a multiple of it.
@@ -23,7 +31,7 @@ from torch import nn
 
 from pixdesk.devices import free_device_bytes
 from pixdesk.model import quant_ops
-from pixdesk.model.quant_ops import unpack_int4  # noqa: F401  (part of this module's API)
+from pixdesk.model.quant_ops import pack_int4, unpack_int4  # noqa: F401  (part of this module's API)
 
 INT4_GROUP = 128
 MODES = ("none", "int8", "int4")
@@ -47,7 +55,7 @@ class QuantSpec:
         """What identifies the format (part of the quantized cache key)."""
         if self.mode == "int8":
             return {"mode": "int8", "granularity": "per-channel", "symmetric": True, "format": 1}
-        return {"mode": "int4", "group_size": self.group_size, "symmetric": False, "format": 1}
+        return {"mode": "int4", "group_size": self.group_size, "symmetric": False, "format": 2}
 
 
 def quantize_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,8 +79,7 @@ def quantize_int4(
     mins = lo.to(torch.bfloat16)
     # Round against the stored (bf16) scale and min so the kernels reproduce exactly what was chosen here.
     q = torch.round((wg - mins.float()[..., None]) / scales.float()[..., None]).clamp_(0, 15).to(torch.uint8)
-    q = q.reshape(N, K)
-    return q[:, 0::2] | (q[:, 1::2] << 4), scales, mins
+    return pack_int4(q.reshape(N, K), group), scales, mins
 
 
 def dequantize(module: nn.Module) -> torch.Tensor:
@@ -244,11 +251,17 @@ def quantized_bytes(model: nn.Module) -> int:
 
 
 TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode copies of int4 weights
+# int4 decode on CUDA: "triton" (int4_triton's GEMV on the one canonical copy) or "tinygemm" (torch's kernel
+# on a second copy, where memory allows). Session 5 (bench/kernels.py) measures which is faster.
+INT4_DECODE = "triton"
 
 
 def prepare_for_device(model: nn.Module) -> nn.Module:
-    """After loading (and fusing): int4 linears on a GPU get tinygemm copies for decode when the card has
-    room for them plus TINYGEMM_HEADROOM (KV cache, activations); otherwise decode uses the Triton GEMV."""
+    """After loading (and fusing), with INT4_DECODE = "tinygemm": int4 linears on a GPU get tinygemm copies
+    for decode when the card has room for them plus TINYGEMM_HEADROOM (KV cache, activations); otherwise
+    decode uses the Triton GEMV."""
+    if INT4_DECODE != "tinygemm":
+        return model
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear) and m.qweight.is_cuda]
     int4 = [m for m in int4 if m.cuda_pack is None and quant_ops.tinygemm_fits(m)]
     if not int4:

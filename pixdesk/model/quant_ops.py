@@ -1,7 +1,7 @@
 """Matrix products with quantized weights, picked by device and by the number of rows.
 
 - CUDA, few rows (decode: up to 16 rows): Triton kernels that read the packed weights once and dequantize
-  in registers (`quant_triton.py`); the weight bytes are the whole cost there.
+  in registers (`quant_triton.py` int8, `int4_triton.py` int4); the weight bytes are the whole cost there.
 - CUDA, many rows (prefill): dequantize into a bf16 temporary, then one cuBLAS GEMM (compute-bound, so the
   extra pass over the weight is a few percent).
 - CPU: torch's own kernels, `_weight_int8pack_mm` and the tinygemm CPU int4 kernel, for decode only and with
@@ -29,23 +29,44 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kernels():
-    """Our Triton kernels, or None where Triton is missing (CUDA builds of torch on Windows): then the
-    quantized products fall back to dequantizing with plain torch ops (correct, slower)."""
+    """Our Triton kernels (int8 and int4 modules), or None where Triton is missing (CUDA builds of torch on
+    Windows): then the quantized products fall back to dequantizing with plain torch ops (correct, slower)."""
     try:
-        from pixdesk.model import quant_triton
+        from pixdesk.model import int4_triton, quant_triton
     except ImportError:
         return None
-    return quant_triton
+    return quant_triton, int4_triton
 
 
-def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, K/2) -> uint8 (N, K) with values 0..15 (low nibble = even k)."""
-    return torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
+def pack_int4(q: torch.Tensor, group: int) -> torch.Tensor:
+    """Values 0..15 (N, K) -> uint8 (N, K/2) in the interleaved int4 layout (quant.py's docstring draws it).
+
+    A group of G weights is G/8 little-endian int32 words; nibble i (bits 4i..4i+3) of word w holds
+    k = i * G/8 + w. So nibble i of a group's consecutive words multiplies consecutive inputs, which the
+    decode kernels read as one vector load.
+    """
+    N, K = q.shape
+    words = group // 8
+    q = q.to(torch.uint8).reshape(N, K // group, 8, words).transpose(2, 3)  # (N, groups, word, nibble)
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).reshape(N, K // 2)
+
+
+def group_of(qweight: torch.Tensor, scales: torch.Tensor) -> int:
+    """The group size of an int4 weight from its buffers' shapes."""
+    return qweight.shape[1] * 2 // scales.shape[1]
+
+
+def unpack_int4(packed: torch.Tensor, group: int) -> torch.Tensor:
+    """uint8 (N, K/2) in the interleaved layout -> uint8 (N, K) with values 0..15 in k order."""
+    N, K = packed.shape[0], packed.shape[1] * 2
+    b = packed.reshape(N, K // group, group // 8, 4)  # (N, groups, word, byte)
+    q = torch.stack([b & 0xF, b >> 4], dim=-1).reshape(N, K // group, group // 8, 8)  # nibble i = 2*byte + hi
+    return q.transpose(2, 3).reshape(N, K)
 
 
 def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:
     """Canonical int4 -> (N, K) in `dtype` with torch ops (the reference the kernels are checked against)."""
-    q = unpack_int4(qweight).float()  # (N, K)
+    q = unpack_int4(qweight, group).float()  # (N, K)
     N, K = q.shape
     w = q.reshape(N, K // group, group) * scales.float()[..., None] + mins.float()[..., None]
     return w.reshape(N, K).to(dtype)
@@ -58,7 +79,7 @@ def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> to
 def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     kernels = _kernels()
     if x.shape[0] <= DECODE_ROWS and kernels is not None:
-        return kernels.int8_gemv(x, qweight, scales)
+        return kernels[0].int8_gemv(x, qweight, scales)
     out = F.linear(x, qweight.to(x.dtype))  # (M, N): scale per output channel applies after the product
     return (out.float() * scales).to(x.dtype)
 
@@ -87,23 +108,30 @@ def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) ->
 def _int4_linear_op(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group: int
 ) -> torch.Tensor:
+    """-> partials (S, M, N) whose sum over S is the product (the decode GEMV splits K, else S = 1)."""
     kernels = _kernels()
     if kernels is None:
-        return F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype))
+        return F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype)).unsqueeze(0)
     if x.shape[0] <= DECODE_ROWS:
-        return kernels.int4_gemv(x, qweight, scales, mins, group)
-    w = kernels.int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary
-    return F.linear(x, w)
+        return kernels[1].int4_gemv(x, qweight, scales, mins, group)
+    w = kernels[1].int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary
+    return F.linear(x, w).unsqueeze(0)
 
 
 @_int4_linear_op.register_fake
 def _(x, qweight, scales, mins, group):
-    return x.new_empty(x.shape[0], qweight.shape[0])
+    kernels, (M, K), N = _kernels(), x.shape, qweight.shape[0]
+    if kernels is None or M > DECODE_ROWS:
+        return x.new_empty(1, M, N)
+    S = kernels[1].splits(N, K, group, M, x.device)
+    return x.new_empty(S, M, N, dtype=kernels[1].partials_dtype(S, x.dtype))
 
 
 def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
-    """x (..., K) on CUDA @ dequantized (N, K).T -> (..., N)."""
-    out = _int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group)
+    """x (..., K) on CUDA @ dequantized (N, K).T -> (..., N). The K-split partials are summed here, where
+    the compiled decode step fuses the sum into the next kernel."""
+    parts = _int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group)
+    out = parts[0] if parts.shape[0] == 1 else parts.sum(0).to(x.dtype)
     return out.reshape(*x.shape[:-1], qweight.shape[0])
 
 
@@ -114,7 +142,7 @@ def int4_cpu_pack(
 
     tinygemm reads w = (q - 8) * scale + zero, so zero = min + 8 * scale.
     """
-    q = unpack_int4(qweight).to(torch.int32)  # (N, K)
+    q = unpack_int4(qweight, group_of(qweight, scales)).to(torch.int32)  # (N, K)
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
     s, m = scales.float(), mins.float()
     sz = torch.stack([s, m + 8 * s], dim=-1).transpose(0, 1).contiguous().to(dtype)  # (K/G, N, 2)
@@ -134,9 +162,10 @@ def tinygemm_fits(m) -> bool:
 def int4_cuda_pack(qweight, scales, mins) -> tuple[torch.Tensor, torch.Tensor]:
     """Canonical int4 -> tinygemm's CUDA layout: (int32 tiles, scale|zero (K/G, N, 2) bf16).
 
-    tinygemm wants the even k in the high nibble (ours keeps it in the low one) and w = (q - 8) * s + zero.
+    tinygemm wants bytes in k order with the even k in the high nibble, and w = (q - 8) * s + zero.
     """
-    swapped = (qweight << 4) | (qweight >> 4)  # uint8 shifts drop the bits that move out
+    q = unpack_int4(qweight, group_of(qweight, scales))
+    swapped = (q[:, 0::2] << 4) | q[:, 1::2]
     packed = torch.ops.aten._convert_weight_to_int4pack(swapped.contiguous(), 8)
     s, m = scales.float(), mins.float()
     sz = torch.stack([s, m + 8 * s], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16)

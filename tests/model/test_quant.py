@@ -44,13 +44,24 @@ def test_int8_format_reconstructs_within_half_a_step():
     assert bool((err <= s[:, None] / 2 + 1e-7).all())
 
 
-def test_int4_packs_two_nibbles_per_byte_low_first():
+def test_int4_layout_interleaves_each_group_across_its_words():
+    """Group 16 = 2 int32 words: nibble i of word w holds k = 2i + w (quant.py draws the layout)."""
     w = torch.arange(16.0).repeat(3, 8)  # every group of 16 spans 0..15, so q == w exactly
     packed, s, m = quantize_int4(w, group=16)
     assert packed.shape == (3, 64) and packed.dtype == torch.uint8
-    assert int(packed[0, 0]) == 0 | (1 << 4) and int(packed[0, 7]) == 14 | (15 << 4)
-    assert torch.equal(unpack_int4(packed).float(), w)
+    words = packed[0, :8].view(torch.int32)  # little-endian: nibble i at bits 4i
+    nibbles = [[(int(words[w]) >> (4 * i)) & 0xF for i in range(8)] for w in range(2)]
+    assert nibbles == [[0, 2, 4, 6, 8, 10, 12, 14], [1, 3, 5, 7, 9, 11, 13, 15]]
+    assert torch.equal(unpack_int4(packed, 16).float(), w)
     assert torch.allclose(s.float(), torch.ones_like(s.float())) and not m.float().any()
+
+
+@pytest.mark.parametrize("group", [16, 32, 64, 128])
+def test_int4_pack_and_unpack_are_inverse(group):
+    from pixdesk.model.quant_ops import pack_int4
+
+    q = torch.randint(0, 16, (5, 256), generator=torch.Generator().manual_seed(7), dtype=torch.uint8)
+    assert torch.equal(unpack_int4(pack_int4(q, group), group), q)
 
 
 @pytest.mark.parametrize("mode", ["int8", "int4"])
@@ -114,11 +125,11 @@ def test_state_dict_of_a_quantized_linear_is_its_format():
 KERNEL_CHECK = textwrap.dedent(
     """
     import torch
-    from pixdesk.model import quant, quant_triton as qt
+    from pixdesk.model import int4_triton, quant, quant_triton as qt
     g = torch.Generator().manual_seed(0)
-    worst = 0.0
+    worst, splits = 0.0, set()
     for rows in (1, 3, 8, 16):
-        for n, k in ((48, 256), (40, 384), (24, 1280)):
+        for n, k in ((48, 256), (40, 384), (24, 1280), (8, 2048)):
             w = torch.randn(n, k, generator=g)
             x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
             for lin in (quant.Int8Linear.from_float(w), quant.Int4Linear.from_float(w)):
@@ -126,13 +137,16 @@ KERNEL_CHECK = textwrap.dedent(
                 if isinstance(lin, quant.Int8Linear):
                     y = qt.int8_gemv(x, lin.qweight, lin.scales)
                 else:
-                    y = qt.int4_gemv(x, lin.qweight, lin.scales, lin.mins, 128)
-                    d = qt.int4_dequantize(lin.qweight, lin.scales, lin.mins, 128, torch.float32)
+                    parts = int4_triton.int4_gemv(x, lin.qweight, lin.scales, lin.mins, 128)
+                    splits.add(parts.shape[0])
+                    y = parts.float().sum(0).to(x.dtype)
+                    d = int4_triton.int4_dequantize(lin.qweight, lin.scales, lin.mins, 128, torch.float32)
                     assert torch.equal(d, quant.dequantize(lin))
                 assert y.shape == (rows, n) and y.dtype == torch.bfloat16
                 worst = max(worst, float((y.float() - ref).abs().max() / ref.abs().max()))
     assert worst < 1.5e-2, worst
-    print("ok", worst)
+    assert 1 in splits and len(splits) >= 3, splits  # unsplit and K-split partials are both exercised
+    print("ok", worst, sorted(splits))
     """
 )
 
@@ -168,7 +182,7 @@ def test_gpu_ops_fall_back_to_torch_without_triton(monkeypatch):
         if isinstance(lin, Int8Linear):
             y = quant_ops._int8_linear_op(x, lin.qweight, lin.scales)
         else:
-            y = quant_ops._int4_linear_op(x, lin.qweight, lin.scales, lin.mins, lin.group_size)
+            y = quant_ops._int4_linear_op(x, lin.qweight, lin.scales, lin.mins, lin.group_size)[0]
         assert torch.allclose(y, F.linear(x, dequantize(lin)), atol=1e-4)
 
 

@@ -1,0 +1,205 @@
+"""Triton kernels for int4 weights on CUDA (the interleaved layout of quant.py): decode GEMVs that dequantize
+in registers, split along K where a matrix has too few output rows to fill the GPU, and the dequantizer
+behind the prefill GEMM.
+
+Decode reads every weight byte once per step, and at 4 bits the instructions per weight bound the kernel
+before the memory does (an H200 SM must turn ~37 nibbles a clock into products to keep up with HBM). So:
+- A nibble becomes a float with one LOP3 and one FADD: masked in place inside the mantissa of 2^23
+  (`(word & 0xF << 4i) | 0x4B000000` reads as 2^23 + q * 2^4i), minus 2^23, leaves q * 2^4i exactly; the
+  input it multiplies is pre-scaled by 2^-4i (exact), so the product is q * x. Nibbles 5..7 come from the
+  word shifted right by 12 once (bit 23 is the exponent's). Then one FMA: three instructions a weight.
+- The interleaved layout makes nibble i of a group's consecutive words multiply consecutive inputs, so
+  each input is one vector load per 4 words, shared by all the rows a thread holds.
+- w = q * s + m per group: sum_k w_k x_k = s * sum_k q_k x_k + m * sum_k x_k; the scale and minimum apply
+  once per (row, group, word), not per weight, and one reduction ends the program.
+- Split-K: where N / BLOCK_N programs would leave SMs idle (wo, w2 and q|k|v of a 12B model give 160-192
+  programs for 132 SMs), each program takes 1/S of the groups and writes fp32 partials (S, M, N); the caller
+  sums them, and in the compiled decode step Inductor folds that sum into the next kernel.
+Block shapes are autotuned per (N, K, rows) and the timings kept in Triton's cache.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from pixdesk.model.quant_triton import _INTERPRET, _bench
+
+MAX_SPLITS = 8
+PROGRAMS_PER_SM = 4  # split K until N / BLOCK_N * S reaches this many programs per SM
+
+
+@triton.jit
+def _nibble_f(word, hi, i: tl.constexpr):
+    """Nibble i of int32 words (hi = word >> 12) as fp32 q * 2^(4i) for i < 5, q * 2^(4i - 12) for i >= 5."""
+    if i < 5:
+        bits = (word & (0xF << (4 * i))) | 0x4B000000
+    else:
+        bits = (hi & (0xF << (4 * i - 12))) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _unscaled(x, i: tl.constexpr):
+    """x times the power of two that undoes _nibble_f's position factor for nibble i (exact)."""
+    if i < 5:
+        return x * (1.0 / (1 << (4 * i)))
+    return x * (1.0 / (1 << (4 * i - 12)))
+
+
+def _tune(configs: list) -> dict:
+    def prune(configs, named_args, **kwargs):
+        return configs[:1] if _INTERPRET else configs
+
+    return {"configs": configs, "key": ["N", "K", "MB"], "cache_results": True, "do_bench": _bench,
+            "prune_configs_by": {"early_config_prune": prune}}  # fmt: skip
+
+
+def _configs(block_gs, warps, stages) -> list:
+    return [
+        triton.Config({"BLOCK_G": g}, num_warps=w, num_stages=s)
+        for g in block_gs for w in warps for s in stages
+    ]  # fmt: skip
+
+
+@triton.autotune(**_tune(_configs((2, 1, 4), (4, 8), (2, 3))))
+@triton.jit
+def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
+           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+    """One row. Tiles (BLOCK_N rows, BLOCK_G groups, G/8 words); this program's split of the groups."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    W: tl.constexpr = G // 8  # int32 words per group
+    KW, NG = K // 8, K // G
+    g_lo = tl.program_id(1) * SPLIT_GROUPS
+    g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    rg0, rw = tl.arange(0, BLOCK_G), tl.arange(0, W)
+    acc = tl.zeros((BLOCK_N, BLOCK_G, W), tl.float32)
+    for g0 in range(g_lo, g_hi, BLOCK_G):
+        rg = g0 + rg0
+        g_ok = rg < g_hi
+        word = tl.load(w32 + rn[:, None, None] * KW + rg[None, :, None] * W + rw[None, None, :],
+                       mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)  # fmt: skip
+        hi = word >> 12
+        x0 = x_ptr + rg[:, None] * G + rw[None, :]  # (groups, words): the input of nibble 0
+        qx = tl.zeros((BLOCK_N, BLOCK_G, W), tl.float32)
+        xs = tl.zeros((BLOCK_G, W), tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x0 + i * W, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xs += xi
+            qx += _nibble_f(word, hi, i) * _unscaled(xi, i)[None, :, :]
+        sm = rn[:, None] * NG + rg[None, :]
+        ok2 = n_ok[:, None] & g_ok[None, :]
+        sc = tl.load(s_ptr + sm, mask=ok2, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + sm, mask=ok2, other=0.0).to(tl.float32)
+        acc += sc[:, :, None] * qx + mn[:, :, None] * xs[None, :, :]
+    out = tl.sum(tl.sum(acc, axis=2), axis=1)
+    tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+@triton.autotune(**_tune(_configs((1,), (4, 8), (2, 3))))
+@triton.jit
+def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+    """2..16 rows (MB, a power of two >= M), one group a step. Each weight is dequantized and scaled once
+    ((q * 2^4i) * s) and feeds MB FMAs, so the weight bytes are read once for all rows."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    W: tl.constexpr = G // 8
+    KW, NG = K // 8, K // G
+    g_lo = tl.program_id(1) * SPLIT_GROUPS
+    g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    rm, rw = tl.arange(0, MB), tl.arange(0, W)
+    m_ok = rm < M
+    acc = tl.zeros((MB, BLOCK_N, W), tl.float32)
+    for g in range(g_lo, g_hi):
+        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=n_ok[:, None], other=0)  # (BN, W)
+        hi = word >> 12
+        sc = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        mn = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        x0 = x_ptr + rm[:, None] * K + g * G + rw[None, :]  # (MB, W)
+        xs = tl.zeros((MB, W), tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x0 + i * W, mask=m_ok[:, None], other=0.0).to(tl.float32)
+            xs += xi
+            acc += (_nibble_f(word, hi, i) * sc)[None, :, :] * _unscaled(xi, i)[:, None, :]
+        acc += mn[None, :, :] * xs[:, None, :]
+    out = tl.sum(acc, axis=2).to(y_ptr.dtype.element_ty)  # (MB, BN)
+    dst = y_ptr + (tl.program_id(1) * M + rm[:, None]) * N + rn[None, :]
+    tl.store(dst, out, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, BLOCK_N: tl.constexpr):
+    """One group of BLOCK_N rows per program -> y (N, K) in y's dtype, in k order."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    g = tl.program_id(1)
+    n_ok = rn < N
+    W: tl.constexpr = G // 8
+    rw = tl.arange(0, W)
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    word = tl.load(w32 + rn[:, None] * (K // 8) + g * W + rw[None, :], mask=n_ok[:, None], other=0)
+    hi = word >> 12
+    s = tl.load(s_ptr + rn * (K // G) + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    m = tl.load(m_ptr + rn * (K // G) + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    dst = y_ptr + rn[:, None] * K + g * G + rw[None, :]
+    for i in tl.static_range(8):
+        q = _unscaled(_nibble_f(word, hi, i), i)
+        tl.store(dst + i * W, (q * s + m).to(y_ptr.dtype.element_ty), mask=n_ok[:, None])
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: small, so tests exercise the split
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _block_n(rows: int) -> int:
+    return 32 if rows == 1 or rows > 4 else 64
+
+
+def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
+    """How many K-splits the decode GEMV uses for an (N, K) weight at `rows` rows (1 = no partials)."""
+    groups = K // group
+    programs = triton.cdiv(N, _block_n(rows))
+    s = 1
+    while s < MAX_SPLITS and programs * s < PROGRAMS_PER_SM * _sm_count(device) and groups >= 4 * s:
+        s *= 2
+    return s
+
+
+def partials_dtype(S: int, x_dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if S > 1 else x_dtype
+
+
+def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:
+    """x (M <= 16, K) contiguous @ dequantized int4 (N, K).T -> partial sums (S, M, N): fp32 when S > 1,
+    else x's dtype. The product is their sum over the first dimension."""
+    M, K = x.shape
+    N = qweight.shape[0]
+    if M > 16 or K % group or group % 8:
+        raise ValueError(f"the int4 GEMV takes at most 16 rows and K a multiple of the group, got {M} x {K}")
+    S = splits(N, K, group, M, x.device)
+    y = torch.empty(S, M, N, dtype=partials_dtype(S, x.dtype), device=x.device)
+    block_n = _block_n(M)
+    grid = (triton.cdiv(N, block_n), S)
+    per_split = triton.cdiv(K // group, S)
+    if M == 1:
+        _gemv1[grid](x, qweight, scales, mins, y, N, K, per_split, G=group, MB=1, BLOCK_N=block_n)
+    else:
+        _gemv_rows[grid](x, qweight, scales, mins, y, M, N, K, per_split, G=group,
+                         MB=triton.next_power_of_2(M), BLOCK_N=block_n)  # fmt: skip
+    return y
+
+
+def int4_dequantize(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:
+    N, K = qweight.shape[0], qweight.shape[1] * 2
+    y = torch.empty(N, K, dtype=dtype, device=qweight.device)
+    _dequant[(triton.cdiv(N, 64), K // group)](qweight, scales, mins, y, N, K, G=group, BLOCK_N=64)
+    return y
