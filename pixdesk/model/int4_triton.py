@@ -20,16 +20,11 @@ Block shapes are autotuned per (N, K, rows) and the timings kept in Triton's cac
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import _INTERPRET, _bench
-
-MAX_SPLITS = 8
-PROGRAMS_PER_SM = 4  # split K until N / BLOCK_N * S reaches this many programs per SM
+from pixdesk.model.quant_triton import _INTERPRET, _bench, k_splits, partials_dtype
 
 
 @triton.jit
@@ -153,29 +148,13 @@ def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, BLOCK_N: tl.cons
         tl.store(dst + i * W, (q * s + m).to(y_ptr.dtype.element_ty), mask=n_ok[:, None])
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4  # the interpreter: small, so tests exercise the split
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _block_n(rows: int) -> int:
     return 32 if rows == 1 or rows > 4 else 64
 
 
 def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
     """How many K-splits the decode GEMV uses for an (N, K) weight at `rows` rows (1 = no partials)."""
-    groups = K // group
-    programs = triton.cdiv(N, _block_n(rows))
-    s = 1
-    while s < MAX_SPLITS and programs * s < PROGRAMS_PER_SM * _sm_count(device) and groups >= 4 * s:
-        s *= 2
-    return s
-
-
-def partials_dtype(S: int, x_dtype: torch.dtype) -> torch.dtype:
-    return torch.float32 if S > 1 else x_dtype
+    return k_splits(triton.cdiv(N, _block_n(rows)), K // group, device)
 
 
 def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:

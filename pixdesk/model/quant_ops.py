@@ -77,23 +77,31 @@ def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> to
 
 @torch.library.custom_op("pixdesk::int8_linear", mutates_args=())
 def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """-> partials (S, M, N) whose sum over S is the product (one-row decode splits K, else S = 1)."""
     kernels = _kernels()
     if x.shape[0] <= DECODE_ROWS and kernels is not None:
         return kernels[0].int8_gemv(x, qweight, scales)
     out = F.linear(x, qweight.to(x.dtype))  # (M, N): scale per output channel applies after the product
-    return (out.float() * scales).to(x.dtype)
+    return (out.float() * scales).to(x.dtype).unsqueeze(0)
 
 
 @_int8_linear_op.register_fake
 def _(x, qweight, scales):
-    return x.new_empty(x.shape[0], qweight.shape[0])
+    kernels, (M, K), N = _kernels(), x.shape, qweight.shape[0]
+    S = 1 if kernels is None or M > DECODE_ROWS else kernels[0].int8_splits(N, K, M, x.device)
+    return x.new_empty(S, M, N, dtype=torch.float32 if S > 1 else x.dtype)
+
+
+def _sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(S, M, N) K-split partials -> (M, N); the compiled decode step fuses the sum into the next kernel."""
+    return parts[0] if parts.shape[0] == 1 else parts.sum(0).to(dtype)
 
 
 def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ (q * s).T -> (..., N) in x's dtype."""
     x2 = _rows(x).contiguous()
     if x.device.type == "cuda":
-        out = _int8_linear_op(x2, qweight, scales)
+        out = _sum_partials(_int8_linear_op(x2, qweight, scales), x.dtype)
     elif x2.shape[0] <= DECODE_ROWS:  # torch's CPU kernel is fast with bf16 activations only (see below)
         out = torch._weight_int8pack_mm(x2.to(torch.bfloat16), qweight, scales.to(torch.bfloat16)).to(x.dtype)
     else:
@@ -124,14 +132,13 @@ def _(x, qweight, scales, mins, group):
     if kernels is None or M > DECODE_ROWS:
         return x.new_empty(1, M, N)
     S = kernels[1].splits(N, K, group, M, x.device)
-    return x.new_empty(S, M, N, dtype=kernels[1].partials_dtype(S, x.dtype))
+    return x.new_empty(S, M, N, dtype=torch.float32 if S > 1 else x.dtype)
 
 
 def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
     """x (..., K) on CUDA @ dequantized (N, K).T -> (..., N). The K-split partials are summed here, where
     the compiled decode step fuses the sum into the next kernel."""
-    parts = _int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group)
-    out = parts[0] if parts.shape[0] == 1 else parts.sum(0).to(x.dtype)
+    out = _sum_partials(_int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group), x.dtype)
     return out.reshape(*x.shape[:-1], qweight.shape[0])
 
 

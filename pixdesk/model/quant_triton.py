@@ -11,6 +11,7 @@ Block sizes are autotuned per (N, K, rows) and the timings kept in Triton's cach
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -72,31 +73,35 @@ def _byte_values(word, i: tl.constexpr):
     return (((word >> (8 * i)) & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
 
 
-_INT8_ONE_ROW = _configs((16, 32), (512, 1024), warps=(4, 8))
+_INT8_ONE_ROW = _configs((16,), (512, 1024), warps=(4, 8), stages=(3, 4))  # BLOCK_N fixed: it sets the split
 _INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
 
 
 @triton.autotune(**_tune(_INT8_ONE_ROW, _INT8_ROWS))
 @triton.jit
-def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: tl.constexpr,
+def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexpr, BLOCK_N: tl.constexpr,
                BLOCK_K: tl.constexpr):  # fmt: skip
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     if MB == 1:
         # Weights read as int32 words (4 per word); products accumulate elementwise, one reduction at the end.
+        # This program takes words [w_lo, w_hi) of each row (the K split) and writes partial sums.
         KW = K // 4
+        w_lo = tl.program_id(1) * SPLIT_WORDS
+        w_hi = tl.minimum(w_lo + SPLIT_WORDS, KW)
         w32 = w_ptr.to(tl.pointer_type(tl.int32))
         rw0 = tl.arange(0, BLOCK_K // 4)
         acc = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
-        for w0 in range(0, KW, BLOCK_K // 4):
+        for w0 in range(w_lo, w_hi, BLOCK_K // 4):
             rw = w0 + rw0
-            w_ok = rw < KW
+            w_ok = rw < w_hi
             word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
             for i in tl.static_range(4):
                 xi = tl.load(x_ptr + 4 * rw + i, mask=w_ok, other=0.0).to(tl.float32)
                 acc += _byte_values(word, i) * xi[None, :]
         s = tl.load(s_ptr + rn, mask=n_ok, other=0.0)
-        tl.store(y_ptr + rn, (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty), mask=n_ok)
+        out = (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty)
+        tl.store(y_ptr + tl.program_id(1) * N + rn, out, mask=n_ok)
     else:
         rm = tl.arange(0, MB)
         m_ok = rm < M
@@ -113,17 +118,50 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, MB: tl.constexpr, BLOCK_N: t
         tl.store(y_ptr + rm[:, None] * N + rn[None, :], out, mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _row_block(M: int, K: int) -> int:
-    if M > 16 or K % 8:
-        raise ValueError(f"the GEMV kernels take at most 16 rows and K a multiple of 8, got {M} x {K}")
-    return 1 if M == 1 else 16
+MAX_SPLITS = 8
+PROGRAMS_PER_SM = 4  # split K until the grid has this many programs per SM
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: small, so tests exercise the split
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def k_splits(programs: int, k_blocks: int, device: torch.device) -> int:
+    """How many K-splits a decode GEMV with `programs` programs along N uses (1 = no partials): doubled
+    while the grid leaves SMs short of PROGRAMS_PER_SM and each split keeps >= 2 of the `k_blocks` blocks
+    along K. wo, w2 and q|k|v of a 12B model give 160-320 programs for an H200's 132 SMs."""
+    s = 1
+    while s < MAX_SPLITS and programs * s < PROGRAMS_PER_SM * _sm_count(device) and k_blocks >= 4 * s:
+        s *= 2
+    return s
+
+
+def partials_dtype(S: int, x_dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if S > 1 else x_dtype
+
+
+INT8_ONE_ROW_BLOCK_N = 16
+SPLIT_ALIGN_WORDS = 128  # each split starts at a multiple of 512 bytes of a row
+
+
+def int8_splits(N: int, K: int, rows: int, device: torch.device) -> int:
+    if rows != 1:
+        return 1
+    return k_splits(triton.cdiv(N, INT8_ONE_ROW_BLOCK_N), K // 4 // SPLIT_ALIGN_WORDS, device)
 
 
 def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x (M <= 16, K) contiguous @ (q * s).T -> (M, N) in x's dtype."""
+    """x (M <= 16, K) contiguous @ (q * s).T -> partial sums (S, M, N) (fp32 when S > 1, else x's dtype)."""
     M, K = x.shape
     N = qweight.shape[0]
-    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
-    _int8_gemv[grid](x, qweight, scales, y, M, N, K, MB=_row_block(M, K))
+    if M > 16 or K % 8:
+        raise ValueError(f"the GEMV kernels take at most 16 rows and K a multiple of 8, got {M} x {K}")
+    S = int8_splits(N, K, M, x.device)
+    y = torch.empty(S, M, N, dtype=partials_dtype(S, x.dtype), device=x.device)
+    words = triton.cdiv(triton.cdiv(K // 4, S), SPLIT_ALIGN_WORDS) * SPLIT_ALIGN_WORDS
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), S)  # noqa: E731
+    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16)
     return y
