@@ -30,19 +30,20 @@ from pixdesk.model.quant_triton import _INTERPRET, _bench, k_splits, partials_dt
 @triton.jit
 def _nibble_f(word, hi, i: tl.constexpr):
     """Nibble i of int32 words (hi = word >> 12) as fp32 q * 2^(4i) for i < 5, q * 2^(4i - 12) for i >= 5."""
+    SHIFT: tl.constexpr = 4 * i - 12 * (i >= 5)
     if i < 5:
-        bits = (word & (0xF << (4 * i))) | 0x4B000000
+        src = word
     else:
-        bits = (hi & (0xF << (4 * i - 12))) | 0x4B000000
+        src = hi
+    bits = (src & (0xF << SHIFT)) | 0x4B000000
     return bits.to(tl.float32, bitcast=True) - 8388608.0
 
 
 @triton.jit
 def _unscaled(x, i: tl.constexpr):
     """x times the power of two that undoes _nibble_f's position factor for nibble i (exact)."""
-    if i < 5:
-        return x * (1.0 / (1 << (4 * i)))
-    return x * (1.0 / (1 << (4 * i - 12)))
+    SHIFT: tl.constexpr = 4 * i - 12 * (i >= 5)
+    return x * (1.0 / (1 << SHIFT))
 
 
 def _tune(configs: list) -> dict:
