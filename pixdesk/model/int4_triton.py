@@ -75,8 +75,8 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, SPLIT_GROUPS, G: tl.constexp
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
     rg0, rw = tl.arange(0, BLOCK_G), tl.arange(0, W)
     acc = tl.zeros((BLOCK_N, BLOCK_G, W), tl.float32)
-    for g0 in range(g_lo, g_hi, BLOCK_G):
-        rg = g0 + rg0
+    for g0 in range(0, SPLIT_GROUPS, BLOCK_G):  # from 0: Triton's interpreter wants plain bounds
+        rg = g_lo + g0 + rg0
         g_ok = rg < g_hi
         word = tl.load(w32 + rn[:, None, None] * KW + rg[None, :, None] * W + rw[None, None, :],
                        mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)  # fmt: skip
@@ -113,15 +113,17 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, SPLIT_GROUPS, G: tl.c
     rm, rw = tl.arange(0, MB), tl.arange(0, W)
     m_ok = rm < M
     acc = tl.zeros((MB, BLOCK_N, W), tl.float32)
-    for g in range(g_lo, g_hi):
-        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=n_ok[:, None], other=0)  # (BN, W)
+    for j in range(0, SPLIT_GROUPS):
+        g = g_lo + j
+        ok = n_ok & (g < g_hi)
+        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=ok[:, None], other=0)  # (BN, W)
         hi = word >> 12
-        sc = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-        mn = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+        sc = tl.load(s_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)[:, None]
+        mn = tl.load(m_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)[:, None]
         x0 = x_ptr + rm[:, None] * K + g * G + rw[None, :]  # (MB, W)
         xs = tl.zeros((MB, W), tl.float32)
         for i in tl.static_range(8):
-            xi = tl.load(x0 + i * W, mask=m_ok[:, None], other=0.0).to(tl.float32)
+            xi = tl.load(x0 + i * W, mask=m_ok[:, None] & (g < g_hi), other=0.0).to(tl.float32)
             xs += xi
             acc += (_nibble_f(word, hi, i) * sc)[None, :, :] * _unscaled(xi, i)[:, None, :]
         acc += mn[None, :, :] * xs[:, None, :]

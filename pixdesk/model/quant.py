@@ -251,9 +251,10 @@ def quantized_bytes(model: nn.Module) -> int:
 
 
 TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode copies of int4 weights
-# int4 decode on CUDA: "triton" (int4_triton's GEMV on the one canonical copy) or "tinygemm" (torch's kernel
-# on a second copy, where memory allows). Session 5 (bench/kernels.py) measures which is faster.
-INT4_DECODE = "triton"
+# int4 decode on CUDA: "tinygemm" (torch's kernel on a second copy, where memory allows; else the Triton GEMV)
+# or "triton" (int4_triton's GEMV on the one canonical copy). The 161 linears of a 12B model at one row on an
+# H200 (bench/kernels.py, session 5): tinygemm 3.56 ms, Triton 4.42 ms; at 8 rows 9.06 against 17.05 ms.
+INT4_DECODE = "tinygemm"
 
 
 def prepare_for_device(model: nn.Module) -> nn.Module:

@@ -92,8 +92,8 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
         w32 = w_ptr.to(tl.pointer_type(tl.int32))
         rw0 = tl.arange(0, BLOCK_K // 4)
         acc = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
-        for w0 in range(w_lo, w_hi, BLOCK_K // 4):
-            rw = w0 + rw0
+        for w0 in range(0, SPLIT_WORDS, BLOCK_K // 4):  # from 0: Triton's interpreter wants plain bounds
+            rw = w_lo + w0 + rw0
             w_ok = rw < w_hi
             word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
             for i in tl.static_range(4):
@@ -147,8 +147,13 @@ INT8_ONE_ROW_BLOCK_N = 16
 SPLIT_ALIGN_WORDS = 128  # each split starts at a multiple of 512 bytes of a row
 
 
+# Off until measured in the engine: bench/kernels.py's eager chain pays a separate sum kernel per split
+# linear (4.13 ms against 3.80 unsplit, session 5), which the compiled decode step fuses away.
+INT8_SPLIT_K = False
+
+
 def int8_splits(N: int, K: int, rows: int, device: torch.device) -> int:
-    if rows != 1:
+    if rows != 1 or not INT8_SPLIT_K:
         return 1
     return k_splits(triton.cdiv(N, INT8_ONE_ROW_BLOCK_N), K // 4 // SPLIT_ALIGN_WORDS, device)
 
