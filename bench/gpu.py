@@ -163,12 +163,18 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     cold = [timed_run(eng, image_prompt(seed, QUESTION), 1) for seed in (1, 2, 3)]
     res["ttft_cold_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in cold]
     res["ttft_cold_ms"] = sorted(res["ttft_cold_ms_all"])[1]
+    # Warm: the last cold image (seed 3) asked again with new questions, right after the cold runs so its
+    # prefix is still cached. The first follow-up also captures the short-prefill graph for this key
+    # bucket (engine/graph_prefill.py), so it is reported on its own; the median of the next three is
+    # `ttft_warm_ms`. (Until 1e89f79 the default-chunk runs came first and evicted the image's prefix.)
+    before = eng.stats()["prefilled_tokens"]
+    warm = [timed_run(eng, image_prompt(3, [1100 + i, 1200, 1300, 1400]), 1) for i in range(4)]
+    res["ttft_warm_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in warm]
+    res["ttft_warm_first_ms"] = res["ttft_warm_ms_all"][0]
+    res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"][1:])[1]
+    res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"] - before  # 4 x 4 new tokens on hits
     res["ttft_cold_ms_default_chunk"] = ttft_with_default_chunk(eng)
     checkpoint()
-    warm = [timed_run(eng, image_prompt(3, [1100 + i, 1200, 1300, 1400]), 1) for i in range(3)]
-    res["ttft_warm_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in warm]
-    res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"])[1]
-    res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"]
     runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]
     res["decode_tok_s_b1_all"] = [128 / (r["times"][-1] - r["times"][0]) for r in runs]  # client-side
     res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
