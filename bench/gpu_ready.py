@@ -37,11 +37,13 @@ def stage_ready(args, save) -> None:
     res["page_cache_GBps"] = _warm_page_cache(ckpt_dir / "consolidated.safetensors")  # "weights in the page cache"
     res["host_memory"] = _host_memory()  # why the page cache may not keep the file
     cache = Path(args.scratch) / "compile-cache"
-    for label in ("cold", "warm"):
+    # READY_VARIANTS=old_switch,no_prewarm adds warm children with one change each (VARIANTS says which).
+    extra = [v for v in os.environ.get("READY_VARIANTS", "").split(",") if v]
+    for label in ("cold", "warm", *extra):
         cmd = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--stage", "ready-child", "--model", str(ckpt_dir)]
         t0 = time.perf_counter()
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
-               "PIXDESK_BENCH_T0": repr(time.time())}  # fmt: skip
+               "PIXDESK_BENCH_T0": repr(time.time()), "PIXDESK_READY_VARIANT": label}  # fmt: skip
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         child = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else {}
         res[f"process_{label}_s"] = time.perf_counter() - t0  # includes one request and the shutdown
@@ -86,20 +88,35 @@ def _host_memory() -> dict:
     return out
 
 
+VARIANTS = {
+    "old_switch": "the loader leaves the GIL switch interval at Python's 5 ms (before session 5)",
+    "no_prewarm": "no compiler imports beside the load (before session 4)",
+}
+
+
 def stage_ready_child(args, engine_for, timed_run, prompt) -> None:
     """A fresh process: load through the real loader, warm up, report; the parent times the whole."""
     import resource
 
     import torch
 
+    import pixdesk.weights.stream as stream
     from pixdesk.engine.prewarm import import_compiler_in_background
     from pixdesk.weights.checkpoint import load_checkpoint
 
     since_spawn_s = time.time() - float(os.environ.get("PIXDESK_BENCH_T0", time.time()))  # start + imports
+    variant = os.environ.get("PIXDESK_READY_VARIANT", "")
+    if variant == "old_switch":
+        stream.LOAD_SWITCH_INTERVAL_S = None
     torch.cuda.init()
+    t0 = time.perf_counter()
+    torch.empty(1, device=DEVICE)  # the CUDA context, timed apart from the load
+    sync()
+    context_s = time.perf_counter() - t0
     parts = _time_load_parts()
     t0 = time.perf_counter()
-    import_compiler_in_background(DEVICE)  # as the daemon does (cli/common.py)
+    if variant != "no_prewarm":
+        import_compiler_in_background(DEVICE)  # as the daemon does (cli/common.py)
     ckpt = load_checkpoint(args.model, dtype=torch.bfloat16, device=DEVICE)
     ckpt.model.fuse_projections()
     sync()
@@ -115,7 +132,8 @@ def stage_ready_child(args, engine_for, timed_run, prompt) -> None:
     first_s = time.perf_counter() - t1
     eng.stop()
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    print(json.dumps({"imports_s": since_spawn_s, "load_s": load_s, "load_parts_s": parts,
+    print(json.dumps({"imports_s": since_spawn_s + context_s, "cuda_context_s": context_s, "load_s": load_s,
+                      "load_parts_s": parts, "variant": VARIANTS.get(variant, variant),
                       "engine_start_s": start_s, "engine_construct_s": construct_s,
                       "compile_times": compile_times,
                       "engine_warmup_s": eng.warmup_s, "warmup_parts_s": eng.warmup_parts,
