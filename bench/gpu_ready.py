@@ -38,6 +38,7 @@ def stage_ready(args, save) -> None:
     res["host_memory"] = _host_memory()  # why the page cache may not keep the file
     cache = Path(args.scratch) / "compile-cache"
     # READY_VARIANTS=old_switch,no_prewarm adds warm children with one change each (VARIANTS says which).
+    # READY_LOAD_ONLY=1: children stop after the load (a quick A/B of the load alone).
     extra = [v for v in os.environ.get("READY_VARIANTS", "").split(",") if v]
     for label in ("cold", "warm", *extra):
         cmd = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--stage", "ready-child", "--model", str(ckpt_dir)]
@@ -121,6 +122,10 @@ def stage_ready_child(args, engine_for, timed_run, prompt) -> None:
     ckpt.model.fuse_projections()
     sync()
     load_s = time.perf_counter() - t0
+    if os.environ.get("READY_LOAD_ONLY") == "1":
+        print(json.dumps({"imports_s": since_spawn_s + context_s, "cuda_context_s": context_s, "load_s": load_s,
+                          "load_parts_s": parts, "variant": VARIANTS.get(variant, variant), "engine_start_s": 0.0}))
+        return
     t1 = time.perf_counter()
     eng = engine_for(ckpt, 1, start=False, prefix_cache_bytes=2**30)  # KV sizing
     construct_s = time.perf_counter() - t1
