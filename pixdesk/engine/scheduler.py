@@ -57,7 +57,11 @@ class SchedulerConfig:
     max_queue: int = 64  # waiting requests before 429
     per_client_active: int = 4  # admitted sequences per client id
     reserved_interactive: int = 1  # slots batch requests may not take
-    prefill_chunk: int = 512
+    prefill_chunk: int = 512  # prompt tokens per prefill step while other sequences decode
+    # ... and while none does: each chunk reads all the weights once, so a lone 4,183-token image prompt in
+    # 512-token chunks took 261 ms to its first token on an H200 against 173 ms in one (bench/NOTES.md).
+    # Its activations are reserved next to the KV cache (engine/sizing.py), which is why it is not larger.
+    solo_prefill_chunk: int = 2048
     prefix_block: int = 16
     prefix_cache_bytes: int = 256 * 2**20
     image_cache_bytes: int = 64 * 2**20
@@ -210,7 +214,7 @@ class Scheduler:
 
     def _prefill_chunk(self, seq: Sequence) -> None:
         lo = seq.prefilled - seq.start
-        n = min(self.config.prefill_chunk, seq.n_prompt - seq.prefilled)
+        n = min(self._chunk_size(seq), seq.n_prompt - seq.prefilled)
         logits = self.prefiller.chunk(seq.slot, seq.embeds[lo : lo + n], seq.prefilled)
         seq.prefilled += n
         self.stats.prefill_chunks += 1
@@ -218,6 +222,12 @@ class Scheduler:
         if seq.prefilled == seq.n_prompt:
             seq.embeds = None
             self._sample(seq, logits)
+
+    def _chunk_size(self, seq: Sequence) -> int:
+        """Short chunks keep other sequences' decode steps coming; with none decoding, fewer weight reads."""
+        if any(s.decoding for s in self.active if s is not seq):
+            return self.config.prefill_chunk
+        return max(self.config.prefill_chunk, self.config.solo_prefill_chunk)
 
     def _decode(self, seqs: list[Sequence]) -> None:
         """One decode step for `seqs`: the step in flight, or a new one. Before reading its picks, launch the

@@ -58,7 +58,7 @@ def resolve_max_context(model, config) -> int:
         return CPU_CONTEXT
     free = free_device_bytes(device)
     reserved = (
-        activation_reserve(model, config.prefill_chunk, config.max_batch)
+        activation_reserve(model, max(config.prefill_chunk, config.solo_prefill_chunk), config.max_batch)
         + config.prefix_cache_bytes
         + config.image_cache_bytes
     )

@@ -210,3 +210,30 @@ def test_greedy_with_logit_bias_in_a_batch_equals_one_by_one(tiny):
 
     events = generate(tiny.model, tiny.tokenizer, prompts[0], params[0])
     assert [t for ev in events for t in getattr(ev, "token_ids", [])] == alone[0]
+
+
+def test_a_lone_prompt_prefills_in_long_chunks_and_a_joining_one_in_short(tiny):
+    """With nothing decoding, each chunk is `solo_prefill_chunk` long (fewer weight reads to the first
+    token); while another sequence decodes, `prefill_chunk` keeps its steps coming."""
+    with engine(tiny, max_batch=4, prefill_chunk=16, solo_prefill_chunk=64) as eng:
+        starts: dict[int, list[int]] = {}  # id(sequence) -> the position each of its chunks starts at
+        eng.scheduler.stage_hook = lambda stage, seq: (
+            starts.setdefault(id(seq), [seq.start]).append(seq.prefilled) if stage == "prefill" else None
+        )
+
+        def chunks(prompt) -> list[int]:
+            [seq] = [v for v in starts.values() if v][-1:]
+            edges = sorted(set(seq[1:])) + [len(prompt.ids)]
+            return [b - a for a, b in zip(edges, edges[1:])]
+
+        lone = eng.encode_chat([user("tell me " * 30)])
+        first = Run(eng.submit(lone, SamplingParams(max_tokens=300)))
+        assert first.first_token.wait(60)
+        assert chunks(lone)[:-1] == [64] * (len(chunks(lone)) - 1) and len(chunks(lone)) >= 2
+        joining = eng.encode_chat([user("and this " * 30)])
+        second = Run(eng.submit(joining, SamplingParams(max_tokens=2)))
+        second.wait()
+        assert first.finish is None  # still decoding: the second prefilled beside it
+        assert chunks(joining)[:-1] == [16] * (len(chunks(joining)) - 1) and len(chunks(joining)) >= 4
+        first.sub.cancel()
+        first.wait()
