@@ -61,7 +61,7 @@ def _configs(block_gs, warps, stages) -> list:
     ]  # fmt: skip
 
 
-@triton.autotune(**_tune(_configs((2, 1, 4), (4, 8), (2, 3))))
+@triton.autotune(**_tune(_configs((2, 1, 4, 8), (4, 8), (2, 3))))
 @triton.jit
 def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
