@@ -16,6 +16,10 @@ before the memory does (an H200 SM must turn ~37 nibbles a clock into products t
   programs for 132 SMs), each program takes 1/S of the groups and writes fp32 partials (S, M, N); the caller
   sums them, and in the compiled decode step Inductor folds that sum into the next kernel.
 Block shapes are autotuned per (N, K, rows) and the timings kept in Triton's cache.
+Measured on an H200 (bench/kernels.py, the 161 linears of a 12B model in one CUDA graph): 4.42 ms at one
+row and 17.05 ms at 8 (the previous kernel on the k-ordered layout: 5.25 and 21.8), against torch's tinygemm
+3.56 and 9.06 ms on its own copy of the weights; so decode uses tinygemm where memory allows the second copy
+(quant.INT4_DECODE) and these kernels on cards without room for it.
 """
 
 from __future__ import annotations

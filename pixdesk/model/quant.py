@@ -134,7 +134,7 @@ class Int4Linear(nn.Module):
         """On CUDA: a second copy in torch's tinygemm layout, for decode (up to 16 rows).
 
         Measured on an H200 (bench/kernels.py, the decoder's 161 linears in one CUDA graph): tinygemm 3.6 ms
-        per token at one row and 9.1 ms at 8 rows, our Triton int4 GEMV 5.3 and 21.8 ms. But tinygemm is slow
+        per token at one row and 9.1 ms at 8 rows, our Triton int4 GEMV 4.4 and 17.1 ms. But tinygemm is slow
         on long prompts (3.2 s for the 4,183-token image prompt against 0.37 s for dequantize + cuBLAS), so
         prefill keeps reading the canonical buffers; `prepare_for_device` adds this copy only where memory
         allows it (a 12 GiB card runs the Triton kernel instead).
