@@ -1,9 +1,9 @@
-"""Does the compiler import beside the load slow the load? Fresh processes load the same checkpoint from RAM
+"""What does the first load in a process pay for? Fresh processes load the same checkpoint from RAM
 to the GPU with one change each, in rounds, and print a table:
 
-- `default`: as the daemon loads (compiler imports on a thread beside it, GIL switch interval lowered);
-- `old_switch`: the switch interval left at Python's 5 ms (before session 5);
-- `no_prewarm`: no compiler imports beside the load (before session 4).
+- `default`: as the daemon loads (compiler imports on a thread beside it);
+- `no_prewarm`: no compiler imports beside the load (before session 4);
+- `reserve`: the load's device memory reserved as one block first (one cudaMalloc instead of ~400).
 
     PYTHONPATH=. python3 bench/load_gil.py [--dir /dev/shm/pixdesk-load] [--shape 12b] [--rounds 2]
 
@@ -21,21 +21,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "old_switch", "no_prewarm")
+VARIANTS = ("default", "no_prewarm", "reserve")
 
 
 def child(model_dir: Path, variant: str) -> dict:
     import torch
 
+    from bench.gpu_ready import reserve_device_memory
     from pixdesk.engine.prewarm import import_compiler_in_background
-    from pixdesk.weights import stream
     from pixdesk.weights.load import build_model, find_checkpoint
 
     torch.zeros(1, device="cuda")
     torch.cuda.synchronize()
-    if variant == "old_switch":
-        stream.LOAD_SWITCH_INTERVAL_S = None
     t0 = time.perf_counter()
+    if variant == "reserve":
+        reserve_device_memory(model_dir)
     thread = None if variant == "no_prewarm" else import_compiler_in_background("cuda")
     build_model(find_checkpoint(model_dir), device="cuda", dtype=torch.bfloat16)
     torch.cuda.synchronize()

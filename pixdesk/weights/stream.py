@@ -17,11 +17,7 @@ With chunk_bytes = 100 and tensors a (40 bytes), b (250) and c (30) back to back
   its stream wait for all of a tensor's events before using it. Host memory is the staging buffers only;
   the checkpoint never has a second host copy.
 
-`preadv` and `readinto` release the GIL, so plain threads read in parallel. Between reads each reader runs a
-little Python (take a chunk, queue its copies), and while another thread runs Python without pause (the
-compiler imports beside the load, engine/prewarm.py) a thread asking for the GIL waits up to the switch
-interval, 5 ms by default, each time: ~400 chunks of a 12B checkpoint times a few handoffs is seconds. So a
-run lowers the interval to LOAD_SWITCH_INTERVAL_S and restores it after. A destination is allocated when
+`preadv` and `readinto` release the GIL, so plain threads read in parallel. A destination is allocated when
 its first chunk is taken (its final device tensor, in its stored dtype, as flat bytes), and readers stop
 taking chunks that need new destinations while `max_ahead` bytes of them wait for the consumer, so the
 readers never run far ahead of the model being built. Tensors are yielded as they complete, in any order.
@@ -32,7 +28,6 @@ from __future__ import annotations
 import io
 import os
 import queue
-import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +43,6 @@ MAX_AHEAD = 1 << 30  # allocated, not yet consumed destinations (plus the tensor
 THREADS = 8  # 12B onto an H200 from the page cache: 4 readers 1.6-8 s, 8 readers 1.1-1.4 s (bench/NOTES.md)
 _MAX_SEGMENTS = 512  # one preadv takes at most IOV_MAX (1024 on Linux) buffers
 THREAD_PREFIX = "pixdesk-load"
-LOAD_SWITCH_INTERVAL_S: float | None = 0.0002  # the GIL switch interval while readers run (None: leave it)
 
 
 class Stored(Protocol):
@@ -275,9 +269,6 @@ class _Run:
         workers = [
             threading.Thread(target=self._work, name=f"{THREAD_PREFIX}-{i}", daemon=True) for i in range(n)
         ]
-        interval = sys.getswitchinterval()
-        if LOAD_SWITCH_INTERVAL_S is not None:
-            sys.setswitchinterval(min(interval, LOAD_SWITCH_INTERVAL_S))
         try:
             for w in workers:
                 w.start()
@@ -294,7 +285,6 @@ class _Run:
                 if w.ident is not None:
                     w.join()
             self.sink.close()
-            sys.setswitchinterval(interval)
 
     def _next_result(self) -> Iterator[tuple[int, torch.Tensor]]:
         k = self.done.get()

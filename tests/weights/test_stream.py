@@ -180,21 +180,6 @@ def test_closing_early_stops_the_readers(native, max_ahead):
     assert _live_readers() == []
 
 
-def test_the_gil_switch_interval_is_lowered_while_reading_and_restored(tmp_path):
-    """Readers hand the GIL back and forth with a busy thread beside them (the compiler imports): the run
-    lowers the switch interval, and puts the caller's back when it ends, also when closed early."""
-    import sys
-
-    before = sys.getswitchinterval()
-    gen = stream_bytes(_fake(tmp_path, [100, 200, 300]), "cpu", threads=2, chunk_bytes=64)
-    next(gen)
-    assert sys.getswitchinterval() == pytest.approx(min(before, stream.LOAD_SWITCH_INTERVAL_S))
-    gen.close()
-    assert sys.getswitchinterval() == before
-    assert len(list(stream_bytes(_fake(tmp_path, [100, 200]), "cpu", threads=2))) == 2
-    assert sys.getswitchinterval() == before
-
-
 def test_an_error_in_the_callers_loop_stops_the_readers(native, monkeypatch):
     """Stopped when the error leaves build_model, not when the generator is collected: the traceback (held
     here) keeps build_model's frame, and so the generator, alive."""
