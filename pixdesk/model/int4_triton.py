@@ -16,10 +16,16 @@ before the memory does (an H200 SM must turn ~37 nibbles a clock into products t
   programs for 132 SMs), each program takes 1/S of the groups and writes fp32 partials (S, M, N); the caller
   sums them, and in the compiled decode step Inductor folds that sum into the next kernel.
 Block shapes are autotuned per (N, K, rows) and the timings kept in Triton's cache.
-Measured on an H200 (bench/kernels.py, the 161 linears of a 12B model in one CUDA graph): 4.42 ms at one
-row and 17.05 ms at 8 (the previous kernel on the k-ordered layout: 5.25 and 21.8), against torch's tinygemm
-3.56 and 9.06 ms on its own copy of the weights; so decode uses tinygemm where memory allows the second copy
-(quant.INT4_DECODE) and these kernels on cards without room for it.
+
+Measured on an H200 (bench/kernels.py, the 161 linears of a 12B model in one CUDA graph), 1e89f79's
+version: 4.42 ms at one row and 17.05 ms at 8 (the previous kernel on the k-ordered layout: 5.25 and 21.8),
+against torch's tinygemm 3.56 and 9.06 ms on its own copy of the weights. So decode uses tinygemm where
+memory allows the second copy (quant.INT4_DECODE), and these kernels on cards without room for it.
+The SASS of that version (compiled offline for sm_90, bench/NOTES.md) showed ~9 instructions a weight:
+64-bit weight loads (Triton could prove K // 8 only even), two LOP3s a nibble, and every input converted,
+scaled and summed once per row because a thread held one row. The one-row kernel now takes KW and NG as
+arguments (128-bit loads), one LOP3 through inline PTX, and 2-D tiles where a thread holds 4 rows: ~5
+instructions a weight in the loop, not yet timed on a GPU.
 """
 
 from __future__ import annotations
@@ -39,8 +45,25 @@ def _nibble_f(word, hi, i: tl.constexpr):
         src = word
     else:
         src = hi
-    bits = (src & (0xF << SHIFT)) | 0x4B000000
+    bits = _and_or(src, 0xF << SHIFT)
     return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+_ASM = tl.constexpr(not _INTERPRET)
+
+
+@triton.jit
+def _and_or(src, MASK: tl.constexpr):
+    """(src & MASK) | 0x4B000000 as one LOP3: ptxas splits the two immediates into two LOP3s otherwise
+    (the SASS of session 5), and the int pipe is half the FP32 rate."""
+    if _ASM:
+        mask = tl.full(src.shape, MASK, tl.int32)
+        magic = tl.full(src.shape, 0x4B000000, tl.int32)
+        return tl.inline_asm_elementwise(
+            "lop3.b32 $0, $1, $2, $3, 0xEA;",  # LUT 0xEA: (a & b) | c
+            "=r,r,r,r", [src, mask, magic], dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+    return (src & MASK) | 0x4B000000
 
 
 @triton.jit
@@ -54,7 +77,7 @@ def _tune(configs: list) -> dict:
     def prune(configs, named_args, **kwargs):
         return configs[:1] if _INTERPRET else configs
 
-    return {"configs": configs, "key": ["N", "K", "MB"], "cache_results": True, "do_bench": _bench,
+    return {"configs": configs, "key": ["N", "KW", "MB"], "cache_results": True, "do_bench": _bench,
             "prune_configs_by": {"early_config_prune": prune}}  # fmt: skip
 
 
@@ -65,52 +88,51 @@ def _configs(block_gs, warps, stages) -> list:
     ]  # fmt: skip
 
 
-@triton.autotune(**_tune(_configs((2, 1, 4, 8), (4, 8), (2, 3))))
+@triton.autotune(**_tune(_configs((1,), (4, 8), (2, 3, 4))))
 @triton.jit
-def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, K, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
+def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
-    """One row. Tiles (BLOCK_N rows, BLOCK_G groups, G/8 words); this program's split of the groups."""
+    """One row, one group a step: tiles (BLOCK_N rows, G/8 words). With 4 words a thread along K, a thread
+    holds BLOCK_N / 32 rows (4 warps), so each input it loads, converts and scales serves that many rows.
+    KW (int32 words per row) and NG (groups per row) come as arguments: Triton then knows KW % 16 == 0 and
+    loads 4 words at once (from K // 8 it could prove only 2)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     W: tl.constexpr = G // 8  # int32 words per group
-    KW, NG = K // 8, K // G
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
-    rg0, rw = tl.arange(0, BLOCK_G), tl.arange(0, W)
-    acc = tl.zeros((BLOCK_N, BLOCK_G, W), tl.float32)
-    for g0 in range(0, SPLIT_GROUPS, BLOCK_G):  # from 0: Triton's interpreter wants plain bounds
-        rg = g_lo + g0 + rg0
-        g_ok = rg < g_hi
-        word = tl.load(w32 + rn[:, None, None] * KW + rg[None, :, None] * W + rw[None, None, :],
-                       mask=n_ok[:, None, None] & g_ok[None, :, None], other=0)  # fmt: skip
+    rw = tl.arange(0, W)
+    acc = tl.zeros((BLOCK_N, W), tl.float32)
+    for j in range(0, SPLIT_GROUPS):  # from 0: Triton's interpreter wants plain bounds
+        g = g_lo + j
+        g_ok = g < g_hi
+        ok = n_ok & g_ok
+        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=ok[:, None], other=0)  # (BN, W)
         hi = word >> 12
-        x0 = x_ptr + rg[:, None] * G + rw[None, :]  # (groups, words): the input of nibble 0
-        qx = tl.zeros((BLOCK_N, BLOCK_G, W), tl.float32)
-        xs = tl.zeros((BLOCK_G, W), tl.float32)
+        qx = tl.zeros((BLOCK_N, W), tl.float32)
+        xs = tl.zeros((W,), tl.float32)
         for i in tl.static_range(8):
-            xi = tl.load(x0 + i * W, mask=g_ok[:, None], other=0.0).to(tl.float32)
+            xi = tl.load(x_ptr + g * G + i * W + rw, mask=g_ok, other=0.0).to(tl.float32)
             xs += xi
-            qx += _nibble_f(word, hi, i) * _unscaled(xi, i)[None, :, :]
-        sm = rn[:, None] * NG + rg[None, :]
-        ok2 = n_ok[:, None] & g_ok[None, :]
-        sc = tl.load(s_ptr + sm, mask=ok2, other=0.0).to(tl.float32)
-        mn = tl.load(m_ptr + sm, mask=ok2, other=0.0).to(tl.float32)
-        acc += sc[:, :, None] * qx + mn[:, :, None] * xs[None, :, :]
-    out = tl.sum(tl.sum(acc, axis=2), axis=1)
+            qx += _nibble_f(word, hi, i) * _unscaled(xi, i)[None, :]
+        sc = tl.load(s_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
+        acc += sc[:, None] * qx + mn[:, None] * xs[None, :]
+    out = tl.sum(acc, axis=1)
     tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 @triton.autotune(**_tune(_configs((1,), (4, 8), (2, 3))))
 @triton.jit
-def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
-               BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr,
+               MB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
     """2..16 rows (MB, a power of two >= M), one group a step. Each weight is dequantized and scaled once
     ((q * 2^4i) * s) and feeds MB FMAs, so the weight bytes are read once for all rows."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     W: tl.constexpr = G // 8
-    KW, NG = K // 8, K // G
+    K = KW * 8
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
@@ -137,7 +159,7 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, SPLIT_GROUPS, G: tl.c
 
 
 @triton.jit
-def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, G: tl.constexpr, BLOCK_N: tl.constexpr):
     """One group of BLOCK_N rows per program -> y (N, K) in y's dtype, in k order."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     g = tl.program_id(1)
@@ -145,18 +167,20 @@ def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, K, G: tl.constexpr, BLOCK_N: tl.cons
     W: tl.constexpr = G // 8
     rw = tl.arange(0, W)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
-    word = tl.load(w32 + rn[:, None] * (K // 8) + g * W + rw[None, :], mask=n_ok[:, None], other=0)
+    word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=n_ok[:, None], other=0)
     hi = word >> 12
-    s = tl.load(s_ptr + rn * (K // G) + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    m = tl.load(m_ptr + rn * (K // G) + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    dst = y_ptr + rn[:, None] * K + g * G + rw[None, :]
+    s = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    m = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    dst = y_ptr + rn[:, None] * (KW * 8) + g * G + rw[None, :]
     for i in tl.static_range(8):
         q = _unscaled(_nibble_f(word, hi, i), i)
         tl.store(dst + i * W, (q * s + m).to(y_ptr.dtype.element_ty), mask=n_ok[:, None])
 
 
 def _block_n(rows: int) -> int:
-    return 32 if rows == 1 or rows > 4 else 64
+    if rows == 1:
+        return 128
+    return 32 if rows > 4 else 64
 
 
 def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
@@ -176,10 +200,11 @@ def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:
     block_n = _block_n(M)
     grid = (triton.cdiv(N, block_n), S)
     per_split = triton.cdiv(K // group, S)
+    KW, NG = K // 8, K // group
     if M == 1:
-        _gemv1[grid](x, qweight, scales, mins, y, N, K, per_split, G=group, MB=1, BLOCK_N=block_n)
+        _gemv1[grid](x, qweight, scales, mins, y, N, KW, NG, per_split, G=group, MB=1, BLOCK_N=block_n)
     else:
-        _gemv_rows[grid](x, qweight, scales, mins, y, M, N, K, per_split, G=group,
+        _gemv_rows[grid](x, qweight, scales, mins, y, M, N, KW, NG, per_split, G=group,
                          MB=triton.next_power_of_2(M), BLOCK_N=block_n)  # fmt: skip
     return y
 
@@ -187,5 +212,6 @@ def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:
 def int4_dequantize(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:
     N, K = qweight.shape[0], qweight.shape[1] * 2
     y = torch.empty(N, K, dtype=dtype, device=qweight.device)
-    _dequant[(triton.cdiv(N, 64), K // group)](qweight, scales, mins, y, N, K, G=group, BLOCK_N=64)
+    grid = (triton.cdiv(N, 64), K // group)
+    _dequant[grid](qweight, scales, mins, y, N, K // 8, K // group, G=group, BLOCK_N=64)
     return y
