@@ -25,7 +25,10 @@ The SASS of that version (compiled offline for sm_90, bench/NOTES.md) showed ~9 
 64-bit weight loads (Triton could prove K // 8 only even), two LOP3s a nibble, and every input converted,
 scaled and summed once per row because a thread held one row. The one-row kernel now takes KW and NG as
 arguments (128-bit loads), one LOP3 through inline PTX, and 2-D tiles where a thread holds 4 rows: ~5
-instructions a weight in the loop, not yet timed on a GPU.
+instructions a weight in the loop. The 2..16-row kernel did MB FMAs a weight plus a shared-memory layout
+conversion per nibble (~22 instructions a weight at 8 rows); it now turns a group into an exact bf16 tile
+and multiplies on the tensor cores, with the loads pipelined through cp.async (~7 a weight at any row
+count). Neither is timed on a GPU yet.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import _INTERPRET, _bench, k_splits, partials_dtype
+from pixdesk.model.quant_triton import _INTERPRET, _bench, _dot_t, k_splits, partials_dtype
 
 
 @triton.jit
@@ -127,8 +130,10 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.con
 @triton.jit
 def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr,
                MB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
-    """2..16 rows (MB, a power of two >= M), one group a step. Each weight is dequantized and scaled once
-    ((q * 2^4i) * s) and feeds MB FMAs, so the weight bytes are read once for all rows."""
+    """2..16 rows through the tensor cores, one group a step: the group's nibbles become exact bf16 values
+    q * 2^(4i) (_nibble_f), joined and permuted into a (BLOCK_N, G) tile in k order; the inputs, pre-scaled by
+    2^-4i, make one (16, G) x (G, BLOCK_N) dot: sum_k q_k x_k for 16 rows (those past M read zeros). Scale
+    and minimum then apply per (row, group)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     W: tl.constexpr = G // 8
@@ -136,26 +141,33 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G:
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
-    rm, rw = tl.arange(0, MB), tl.arange(0, W)
+    rm, rw, rc = tl.arange(0, 16), tl.arange(0, W), tl.arange(0, G)
     m_ok = rm < M
-    acc = tl.zeros((MB, BLOCK_N, W), tl.float32)
-    for j in range(0, SPLIT_GROUPS):
+    nib = rc // W  # column c of the tile is input k = c of the group: nibble c // W of word c % W
+    shift = 4 * nib - 12 * (nib >= 5)
+    xscale = 1.0 / (1 << shift).to(tl.float32)
+    acc = tl.zeros((16, BLOCK_N), tl.float32)
+    for j in range(0, SPLIT_GROUPS):  # from 0: Triton's interpreter wants plain bounds
         g = g_lo + j
-        ok = n_ok & (g < g_hi)
+        g_ok = g < g_hi
+        ok = n_ok & g_ok
         word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=ok[:, None], other=0)  # (BN, W)
         hi = word >> 12
-        sc = tl.load(s_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)[:, None]
-        mn = tl.load(m_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)[:, None]
-        x0 = x_ptr + rm[:, None] * K + g * G + rw[None, :]  # (MB, W)
-        xs = tl.zeros((MB, W), tl.float32)
-        for i in tl.static_range(8):
-            xi = tl.load(x0 + i * W, mask=m_ok[:, None] & (g < g_hi), other=0.0).to(tl.float32)
-            xs += xi
-            acc += (_nibble_f(word, hi, i) * sc)[None, :, :] * _unscaled(xi, i)[:, None, :]
-        acc += mn[None, :, :] * xs[:, None, :]
-    out = tl.sum(acc, axis=2).to(y_ptr.dtype.element_ty)  # (MB, BN)
+        f01 = tl.join(_nibble_f(word, hi, 0), _nibble_f(word, hi, 1))
+        f23 = tl.join(_nibble_f(word, hi, 2), _nibble_f(word, hi, 3))
+        f45 = tl.join(_nibble_f(word, hi, 4), _nibble_f(word, hi, 5))
+        f67 = tl.join(_nibble_f(word, hi, 6), _nibble_f(word, hi, 7))
+        # (BN, W, d1, d2, d3) holds nibble i = d1 + 2 d2 + 4 d3; as (BN, d3, d2, d1, W) it is in k order.
+        tree = tl.join(tl.join(f01, f23), tl.join(f45, f67))
+        wt = tl.reshape(tl.permute(tree, (0, 4, 3, 2, 1)), (BLOCK_N, G))
+        xg = tl.load(x_ptr + rm[:, None] * K + g * G + rc[None, :], mask=m_ok[:, None] & g_ok, other=0.0)
+        xf = xg.to(tl.float32)
+        d = _dot_t((xf * xscale[None, :]).to(xg.dtype), wt)  # (16, BN): sum_k q_k x_k, exact products
+        sc = tl.load(s_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
+        acc += d * sc[None, :] + tl.sum(xf, axis=1)[:, None] * mn[None, :]
     dst = y_ptr + (tl.program_id(1) * M + rm[:, None]) * N + rn[None, :]
-    tl.store(dst, out, mask=m_ok[:, None] & n_ok[None, :])
+    tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
@@ -178,9 +190,7 @@ def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, G: tl.constexpr, BLOCK_N: tl
 
 
 def _block_n(rows: int) -> int:
-    if rows == 1:
-        return 128
-    return 32 if rows > 4 else 64
+    return 128 if rows == 1 else 64
 
 
 def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
