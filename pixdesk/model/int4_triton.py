@@ -70,6 +70,15 @@ def _and_or(src, MASK: tl.constexpr):
 
 
 @triton.jit
+def _group_words(w32, rn, n_ok, KW, g, g_hi, W: tl.constexpr):
+    """Group g's words of rows rn -> (words (BN, W), words >> 12, group in this split, row mask)."""
+    g_ok = g < g_hi
+    ok = n_ok & g_ok
+    word = tl.load(w32 + rn[:, None] * KW + g * W + tl.arange(0, W)[None, :], mask=ok[:, None], other=0)
+    return word, word >> 12, g_ok, ok
+
+
+@triton.jit
 def _unscaled(x, i: tl.constexpr):
     """x times the power of two that undoes _nibble_f's position factor for nibble i (exact)."""
     SHIFT: tl.constexpr = 4 * i - 12 * (i >= 5)
@@ -109,10 +118,7 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.con
     acc = tl.zeros((BLOCK_N, W), tl.float32)
     for j in range(0, SPLIT_GROUPS):  # from 0: Triton's interpreter wants plain bounds
         g = g_lo + j
-        g_ok = g < g_hi
-        ok = n_ok & g_ok
-        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=ok[:, None], other=0)  # (BN, W)
-        hi = word >> 12
+        word, hi, g_ok, ok = _group_words(w32, rn, n_ok, KW, g, g_hi, W)
         qx = tl.zeros((BLOCK_N, W), tl.float32)
         xs = tl.zeros((W,), tl.float32)
         for i in tl.static_range(8):
@@ -141,7 +147,7 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G:
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
-    rm, rw, rc = tl.arange(0, 16), tl.arange(0, W), tl.arange(0, G)
+    rm, rc = tl.arange(0, 16), tl.arange(0, G)
     m_ok = rm < M
     nib = rc // W  # column c of the tile is input k = c of the group: nibble c // W of word c % W
     shift = 4 * nib - 12 * (nib >= 5)
@@ -149,10 +155,7 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G:
     acc = tl.zeros((16, BLOCK_N), tl.float32)
     for j in range(0, SPLIT_GROUPS):  # from 0: Triton's interpreter wants plain bounds
         g = g_lo + j
-        g_ok = g < g_hi
-        ok = n_ok & g_ok
-        word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=ok[:, None], other=0)  # (BN, W)
-        hi = word >> 12
+        word, hi, g_ok, ok = _group_words(w32, rn, n_ok, KW, g, g_hi, W)
         f01 = tl.join(_nibble_f(word, hi, 0), _nibble_f(word, hi, 1))
         f23 = tl.join(_nibble_f(word, hi, 2), _nibble_f(word, hi, 3))
         f45 = tl.join(_nibble_f(word, hi, 4), _nibble_f(word, hi, 5))
