@@ -172,7 +172,7 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     res["ttft_warm_ms_all"] = [1e3 * (r["times"][0] - r["t0"]) for r in warm]
     res["ttft_warm_first_ms"] = res["ttft_warm_ms_all"][0]
     res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"][1:])[1]
-    res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"] - before  # 4 x 4 new tokens on hits
+    res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"] - before  # small when the prefix hits
     res["ttft_cold_ms_default_chunk"] = ttft_with_default_chunk(eng)
     checkpoint()
     runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]
@@ -202,8 +202,9 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
 
 
 def ttft_with_default_chunk(eng) -> float:
-    """Cold TTFT with the daemon's default prefill chunk (the engines here prefill in one 8,192-token chunk;
-    the daemon splits a prompt into `SchedulerConfig.prefill_chunk` pieces so others keep decoding)."""
+    """Cold TTFT with the daemon's default prefill chunks (the engines here prefill in one 8,192-token chunk;
+    the daemon takes `SchedulerConfig.prefill_chunk` pieces while others decode and `solo_prefill_chunk`
+    ones while none does, as here)."""
     from dataclasses import replace
 
     from pixdesk.engine.scheduler import SchedulerConfig
