@@ -30,14 +30,14 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
     "int4 one row": (
         int4_triton._gemv1.fn,
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32",
-         "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
-        {"G": 128, "MB": 1, "BLOCK_N": 128, "BLOCK_G": 1}, ("N", "KW"), 128 * 128 // 128, 4,
+         "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
+        {"G": 128, "MB": 1, "BLOCK_N": 128}, ("N", "KW"), 128 * 128 // 128, 4,
     ),
     "int4 8 rows": (
         int4_triton._gemv_rows.fn,
         {**I4, "M": "i32", "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32",
-         "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr", "BLOCK_G": "constexpr"},
-        {"G": 128, "MB": 8, "BLOCK_N": 64, "BLOCK_G": 1}, ("N", "KW"), 64 * 128 // 128, 4,
+         "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
+        {"G": 128, "MB": 8, "BLOCK_N": 64}, ("N", "KW"), 64 * 128 // 128, 4,
     ),
     "int8 one row": (
         quant_triton._int8_gemv.fn,

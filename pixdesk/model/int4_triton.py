@@ -93,17 +93,15 @@ def _tune(configs: list) -> dict:
             "prune_configs_by": {"early_config_prune": prune}}  # fmt: skip
 
 
-def _configs(block_gs, warps, stages) -> list:
-    return [
-        triton.Config({"BLOCK_G": g}, num_warps=w, num_stages=s)
-        for g in block_gs for w in warps for s in stages
-    ]  # fmt: skip
+def _configs(warps, stages) -> list:
+    """Block shapes are fixed (BLOCK_N sets the K split); warps and pipeline depth are tuned."""
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
 
 
-@triton.autotune(**_tune(_configs((1,), (4, 8), (2, 3, 4))))
+@triton.autotune(**_tune(_configs((4, 8), (2, 3, 4))))
 @triton.jit
 def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
-           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+           BLOCK_N: tl.constexpr):  # fmt: skip
     """One row, one group a step: tiles (BLOCK_N rows, G/8 words). With 4 words a thread along K, a thread
     holds BLOCK_N / 32 rows (4 warps), so each input it loads, converts and scales serves that many rows.
     KW (int32 words per row) and NG (groups per row) come as arguments: Triton then knows KW % 16 == 0 and
@@ -132,10 +130,10 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.con
     tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
-@triton.autotune(**_tune(_configs((1,), (4, 8), (2, 3))))
+@triton.autotune(**_tune(_configs((4, 8), (2, 3))))
 @triton.jit
 def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr,
-               MB: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):  # fmt: skip
+               MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     """2..16 rows through the tensor cores, one group a step: the group's nibbles become exact bf16 values
     q * 2^(4i) (_nibble_f), joined and permuted into a (BLOCK_N, G) tile in k order; the inputs, pre-scaled by
     2^-4i, make one (16, G) x (G, BLOCK_N) dot: sum_k q_k x_k for 16 rows (those past M read zeros). Scale

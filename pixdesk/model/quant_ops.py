@@ -88,8 +88,10 @@ def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
 @_int8_linear_op.register_fake
 def _(x, qweight, scales):
     kernels, (M, K), N = _kernels(), x.shape, qweight.shape[0]
-    S = 1 if kernels is None or M > DECODE_ROWS else kernels[0].int8_splits(N, K, M, x.device)
-    return x.new_empty(S, M, N, dtype=torch.float32 if S > 1 else x.dtype)
+    if kernels is None or M > DECODE_ROWS:
+        return x.new_empty(1, M, N)
+    S = kernels[0].int8_splits(N, K, M, x.device)
+    return x.new_empty(S, M, N, dtype=kernels[0].partials_dtype(S, x.dtype))
 
 
 def _sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -132,7 +134,7 @@ def _(x, qweight, scales, mins, group):
     if kernels is None or M > DECODE_ROWS:
         return x.new_empty(1, M, N)
     S = kernels[1].splits(N, K, group, M, x.device)
-    return x.new_empty(S, M, N, dtype=torch.float32 if S > 1 else x.dtype)
+    return x.new_empty(S, M, N, dtype=kernels[0].partials_dtype(S, x.dtype))
 
 
 def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
