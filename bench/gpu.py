@@ -51,9 +51,24 @@ def out_dir(args) -> Path:
     return d
 
 
+KERNEL_KNOBS = ("INT4_DECODE", "INT8_SPLIT_K")  # environment overrides of the quantized kernels' choices
+
+
+def apply_kernel_knobs() -> dict:
+    """`INT4_DECODE=triton|tinygemm` and `INT8_SPLIT_K=0|1` in the environment override the library defaults
+    for this run (A/B without a commit); the values in force are recorded in every stage file."""
+    from pixdesk.model import quant, quant_triton
+
+    if v := os.environ.get("INT4_DECODE"):
+        quant.INT4_DECODE = v
+    if v := os.environ.get("INT8_SPLIT_K"):
+        quant_triton.INT8_SPLIT_K = v == "1"
+    return {"INT4_DECODE": quant.INT4_DECODE, "INT8_SPLIT_K": quant_triton.INT8_SPLIT_K}
+
+
 def save(args, name: str, result: dict) -> None:
     result = {**result, "stage": name, "argv": sys.argv, "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "git_sha": os.environ.get("PIXDESK_GIT_SHA")}  # fmt: skip
+              "git_sha": os.environ.get("PIXDESK_GIT_SHA"), "kernel_knobs": apply_kernel_knobs()}  # fmt: skip
     path = out_dir(args) / f"stage-{name}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1), flush=True)
@@ -325,6 +340,7 @@ def main() -> None:
     ap.add_argument("--model")
     args = ap.parse_args()
     args.scratch = args.scratch or default_scratch()
+    apply_kernel_knobs()
     if args.merge:
         from bench.gpu_merge import merge
 
