@@ -44,12 +44,14 @@ def graph_time(fn, iters: int = 20) -> float:
 def linear_chains(res: dict) -> None:
     """int8 (our Triton GEMV), int4 through torch's tinygemm (the copy prepare_for_device can add), int4
     through our Triton GEMV (its K-split partials, whose sum the compiled step folds into the next kernel);
-    plus a check of each against the dequantized weight. LINEARS=int8,int4_triton picks."""
+    plus a check of each against the dequantized weight. LINEARS=int8,int4_triton picks; `int8_split` is int8
+    with quant_triton.INT8_SPLIT_K on, timed as partials the way int4_triton is."""
     from pixdesk.model import int4_triton, quant_triton
     from pixdesk.model.quant import Int4Linear, Int8Linear, dequantize
 
     for mode in os.environ.get("LINEARS", "int8,int4_tinygemm,int4_triton").split(","):
-        cls = Int8Linear if mode == "int8" else Int4Linear
+        quant_triton.INT8_SPLIT_K = mode == "int8_split"
+        cls = Int8Linear if mode.startswith("int8") else Int4Linear
         mods = []
         for n, k in SHAPES:
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
@@ -64,17 +66,18 @@ def linear_chains(res: dict) -> None:
         nbytes += sum(
             t.numel() * t.element_size() for m in mods for t in (getattr(m, "cuda_pack", None) or ())
         )
-        fn = mods[0] if mode != "int4_triton" else triton_int4(mods[0])
+        partials = mode in ("int4_triton", "int8_split")
+        fn = partial_gemv(mods[0]) if partials else mods[0]
         y = fn(x).float()
         y = y.sum(0) if y.dim() == 3 else y
         res[f"{mode}_check_rel_err"] = float((y - ref).abs().max() / ref.abs().max())
         for rows in (1, 8):
             xs = {k: torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 5120, 14336)}
-            t = graph_time(chain(mods, xs, mode == "int4_triton"))
+            t = graph_time(chain(mods, xs, partials))
             res[f"{mode}_chain_rows{rows}_ms"] = t * 1e3
             res[f"{mode}_chain_rows{rows}_GBps"] = nbytes / t / 1e9
         res[f"{mode}_weight_GB"] = nbytes / 1e9
-        kernels = {"int8": [quant_triton._int8_gemv],
+        kernels = {"int8": [quant_triton._int8_gemv], "int8_split": [quant_triton._int8_gemv],
                    "int4_triton": [int4_triton._gemv1, int4_triton._gemv_rows]}.get(mode, [])  # fmt: skip
         res[f"{mode}_configs"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
         print(json.dumps(res), flush=True)
@@ -82,14 +85,18 @@ def linear_chains(res: dict) -> None:
         torch.cuda.empty_cache()
 
 
-def triton_int4(m):
-    from pixdesk.model import int4_triton
+def partial_gemv(m):
+    """The GEMV kernel alone, returning its K-split partials (the compiled step fuses their sum)."""
+    from pixdesk.model import int4_triton, quant_triton
+    from pixdesk.model.quant import Int8Linear
 
+    if isinstance(m, Int8Linear):
+        return lambda x: quant_triton.int8_gemv(x, m.qweight, m.scales)
     return lambda x: int4_triton.int4_gemv(x, m.qweight, m.scales, m.mins, m.group_size)
 
 
-def chain(mods, xs, triton_int4_path: bool = False):
-    fns = [triton_int4(m) if triton_int4_path else m for m in mods]
+def chain(mods, xs, partials: bool = False):
+    fns = [partial_gemv(m) if partials else m for m in mods]
     return lambda: [f(xs[m.in_features]) for f, m in zip(fns, mods)]
 
 

@@ -143,7 +143,7 @@ class Int4Linear(nn.Module):
             self.cuda_pack = quant_ops.int4_cuda_pack(self.qweight, self.scales, self.mins)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cuda_pack is not None and x.numel() <= quant_ops.DECODE_ROWS * self.in_features:
+        if self.cuda_pack is not None and x.numel() <= quant_ops.TINYGEMM_ROWS * self.in_features:
             return quant_ops.int4_linear_tinygemm(x, *self.cuda_pack, self.group_size, self.out_features)
         if x.device.type == "cpu":
             return self._forward_cpu(x)
@@ -253,7 +253,8 @@ def quantized_bytes(model: nn.Module) -> int:
 TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode copies of int4 weights
 # int4 decode on CUDA: "tinygemm" (torch's kernel on a second copy, where memory allows; else the Triton GEMV)
 # or "triton" (int4_triton's GEMV on the one canonical copy). The 161 linears of a 12B model at one row on an
-# H200 (bench/kernels.py, session 5): tinygemm 3.56 ms, Triton 4.42 ms; at 8 rows 9.06 against 17.05 ms.
+# H200 (bench/kernels.py, session 6): tinygemm 3.56 ms, Triton 3.97 ms; rows 2..16 always take the Triton
+# kernel (quant_ops.TINYGEMM_ROWS).
 INT4_DECODE = "tinygemm"
 
 

@@ -20,6 +20,10 @@ import torch
 import torch.nn.functional as F
 
 DECODE_ROWS = 16  # at most this many rows take the GEMV kernels
+# tinygemm's copy (quant.INT4_DECODE) serves one row only: the 161 linears of a 12B model on an H200
+# (bench/kernels.py, session 6) take 3.56 ms there against 3.97 in int4_triton's one-row GEMV, but at 8 rows
+# 9.06 ms against 4.42 in int4_triton's tensor-core kernel.
+TINYGEMM_ROWS = 1
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
