@@ -51,9 +51,6 @@ def out_dir(args) -> Path:
     return d
 
 
-KERNEL_KNOBS = ("INT4_DECODE", "INT8_SPLIT_K")  # environment overrides of the quantized kernels' choices
-
-
 def apply_kernel_knobs() -> dict:
     """`INT4_DECODE=triton|tinygemm` and `INT8_SPLIT_K=0|1` in the environment override the library defaults
     for this run (A/B without a commit); the values in force are recorded in every stage file."""

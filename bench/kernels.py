@@ -44,8 +44,8 @@ def graph_time(fn, iters: int = 20) -> float:
 def linear_chains(res: dict) -> None:
     """int8 (our Triton GEMV), int4 through torch's tinygemm (the copy prepare_for_device can add), int4
     through our Triton GEMV (its K-split partials, whose sum the compiled step folds into the next kernel);
-    plus a check of each against the dequantized weight. LINEARS=int8,int4_triton picks; `int8_split` is int8
-    with quant_triton.INT8_SPLIT_K on, timed as partials the way int4_triton is."""
+    plus a check of each against the dequantized weight. LINEARS=int8,int4_triton picks; `int8` is unsplit,
+    `int8_split` has quant_triton.INT8_SPLIT_K on and is timed as partials, the way int4_triton is."""
     from pixdesk.model import int4_triton, quant_triton
     from pixdesk.model.quant import Int4Linear, Int8Linear, dequantize
 

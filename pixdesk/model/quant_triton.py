@@ -147,9 +147,10 @@ INT8_ONE_ROW_BLOCK_N = 16
 SPLIT_ALIGN_WORDS = 128  # each split starts at a multiple of 512 bytes of a row
 
 
-# Off until measured in the engine: bench/kernels.py's eager chain pays a separate sum kernel per split
-# linear (4.13 ms against 3.80 unsplit, session 5), which the compiled decode step fuses away.
-INT8_SPLIT_K = False
+# One-row int8 GEMVs split K where the grid would leave SMs idle. The 161 linears of a 12B model on an H200,
+# timed as the kernels alone (bench/kernels.py LINEARS=int8,int8_split, session 6): 3.54 ms split against
+# 3.74 unsplit. The partials' sum is fused into the next kernel by the compiled decode step.
+INT8_SPLIT_K = True
 
 
 def int8_splits(N: int, K: int, rows: int, device: torch.device) -> int:
