@@ -7,6 +7,7 @@
 
     PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
     PARTS=attention ATTENTION=kernel,kernel64 ...  # forms: matmul, kernel (split_keys), kernelN (N keys a program)
+    PARTS=dense_chains ...                          # bf16 one row per shape: cuBLAS against dense_triton
 """
 
 from __future__ import annotations
@@ -82,6 +83,32 @@ def linear_chains(res: dict) -> None:
         res[f"{mode}_configs"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
         print(json.dumps(res), flush=True)
         mods.clear()
+        torch.cuda.empty_cache()
+
+
+def dense_chains(res: dict) -> None:
+    """bf16 one-row products per shape, each a chain of 40 distinct weights (the LM head alone): cuBLAS
+    (F.linear, as the decode step calls it) against dense_triton's split-K GEMV (its partials, whose sum the
+    compiled step fuses into the next kernel), with the bytes read per second."""
+    from pixdesk.model import dense_triton
+
+    for n, k in sorted(set(SHAPES)):
+        count = 1 if n == 131072 else 40
+        ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5 for _ in range(count)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        ref = x.float() @ ws[0].float().T
+        got = dense_triton.gemv(x, ws[0]).float().sum(0)
+        res[f"dense_{n}x{k}_check_rel_err"] = float((got - ref).abs().max() / ref.abs().max())
+        nbytes = count * n * k * 2
+        for name, fn in (("cublas", torch.nn.functional.linear), ("triton", dense_triton.gemv)):
+            t = graph_time(lambda fn=fn, x=x, ws=ws: [fn(x, w) for w in ws])
+            res[f"dense_{n}x{k}_{name}_us"] = t * 1e6 / count
+            res[f"dense_{n}x{k}_{name}_GBps"] = nbytes / t / 1e9
+        res[f"dense_{n}x{k}_splits"] = dense_triton.splits(n, k, x.device)
+        res[f"dense_{n}x{k}_config"] = str(next(iter(dense_triton._gemv.cache.values()), None))
+        dense_triton._gemv.cache.clear()  # so the next shape's config is the one reported
+        print(json.dumps(res), flush=True)
+        ws.clear()
         torch.cuda.empty_cache()
 
 
@@ -166,7 +193,7 @@ def main() -> None:
     out = Path(os.environ.get("OUT", "bench-out"))
     out.mkdir(parents=True, exist_ok=True)
     parts = os.environ.get("PARTS", "attention,linear_chains").split(",")
-    for part in [f for f in (attention, linear_chains) if f.__name__ in parts]:
+    for part in [f for f in (attention, linear_chains, dense_chains) if f.__name__ in parts]:
         try:
             part(res)
         except Exception as exc:  # report and go on: one broken part must not hide the other

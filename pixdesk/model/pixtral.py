@@ -13,8 +13,9 @@ from torch import nn
 
 from pixdesk.errors import ImageTokenMismatch
 from pixdesk.model.args import ModelArgs
+from pixdesk.model.dense_gemv import use_decode_gemv
 from pixdesk.model.layers import RMSNorm, TransformerBlock
-from pixdesk.model.quant import prepare_for_device
+from pixdesk.model.quant import decoder_linear_names, prepare_for_device
 from pixdesk.model.regions import CompiledBlocks
 from pixdesk.model.rope import rope_tables, text_angles
 from pixdesk.model.vision import VisionEncoder, VisionLanguageAdapter
@@ -46,6 +47,7 @@ class Pixtral(nn.Module):
         for layer in self.layers:
             layer.attention.fuse()
             layer.feed_forward.fuse()
+        use_decode_gemv(self, decoder_linear_names(self))
         return prepare_for_device(self)
 
     @property
