@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 # Measured on an H200 (session 6). Per linear, one row, cuBLAS against this GEMV (`PARTS=dense_chains python
-# bench/kernels.py`): q|k|v 18.2 -> 17.0 us, wo 13.4 -> 12.1, gate|up 69.9 -> 68.0, down 42.0 -> 36.5 (4.0 TB/s),
-# LM head 376 -> 300. Engine b1 at the 4.2k context (`AB=baseline,dense_gemv python bench/gpu.py --stage ab`):
-# 138.9 -> 148.4 tok/s, same greedy ids; with only the three small shapes 143.1.
+# bench/kernels.py`): q|k|v 18.2 -> 17.0 us, wo 13.4 -> 12.1, gate|up 69.9 -> 68.0, down 42.0 -> 36.5
+# (4.0 TB/s), LM head 376 -> 300. Engine b1 at the 4.2k context (`AB=baseline,dense_gemv python bench/gpu.py
+# --stage ab`): 138.9 -> 148.4 tok/s, same greedy ids; with only the three small shapes 143.1.
 DECODE_GEMV = True
 # (N, K) the GEMV takes; empty = every shape. The big ones stay with cuBLAS, which reads them at the limit.
 GEMV_SHAPES: frozenset[tuple[int, int]] = frozenset()
