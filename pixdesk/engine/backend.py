@@ -140,11 +140,24 @@ class LocalEngine:
             for _ in self.submit(prompt, params, client_id="pixdesk-warm-up"):
                 pass
             self.warmup_parts.append((label, round(time.perf_counter() - t, 3)))
+        t = time.perf_counter()
+        if self._warm_attention_kernels():
+            self.warmup_parts.append(("attention kernels", round(time.perf_counter() - t, 3)))
         self.scheduler.stats = EngineStats()  # warm-up is not traffic
         self.warmup_s = time.perf_counter() - t0
         log.info("warm-up (compile, CUDA graph capture, kernel tuning) took %.1f s: %s", self.warmup_s,
                  ", ".join(f"{label} {s:.1f} s" for label, s in self.warmup_parts))  # fmt: skip
         return self.warmup_s
+
+    def _warm_attention_kernels(self) -> int:
+        """Every key bucket's decode-attention kernel variants (decode step and rows graphs), so that no
+        request waits for a Triton compile when its context first reaches a bucket. Runs while the scheduler
+        is idle (warm-up prompts done, nothing else submitted before ready)."""
+        s = self.scheduler
+        rows = s.prefiller.rows
+        with torch.inference_mode():
+            n = s.decoder.warm_attention() if s.decoder is not None else 0
+            return n + (rows.warm_attention() if rows is not None else 0)
 
     def _warm_up_prompts(self) -> list[tuple[str, EncodedPrompt]]:
         """A full prefill (regions), 5 tokens after a prefix hit and 1 token after a full hit (the rows graph;

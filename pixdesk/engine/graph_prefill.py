@@ -104,6 +104,17 @@ class GraphPrefill:
             self.graphs[key] = capture(self._step, self._args(rows, bucket), self._pool)
         return self.graphs[key]
 
+    def warm_attention(self) -> int:
+        """The decode-attention kernel variants of every (row bucket, key bucket) compiled now, as for the
+        decode step (StaticDecoder.warm_attention); returns the launches made."""
+        if not (self.kernel and self.use_graphs):
+            return 0
+        from pixdesk.engine.decode_attention import key_buckets, warm_variants
+
+        buckets = key_buckets(self.bucket_size, self.cache.max_len)
+        heads, k, v = self.model.args.text.n_heads, self.cache.k[0], self.cache.v[0]
+        return sum(warm_variants(k, v, heads, rows, buckets, True) for rows in self.row_buckets)
+
     def run(self, slot: int, embeds: torch.Tensor, start: int) -> torch.Tensor:
         """Embeddings (T, dim) of a slot at positions start.. (`fits(T)`) -> fp32 logits (V,) of the last."""
         n = embeds.shape[0]

@@ -182,6 +182,17 @@ class StaticDecoder:
             self.graphs[bucket] = capture(self._function(), args, self._pool)
         return self.graphs[bucket]
 
+    def warm_attention(self) -> int:
+        """Compile the decode-attention kernel variants of every key bucket now (decode_attention.py's
+        warm_variants says why); returns the launches made (0 without the kernel)."""
+        if not (self.kernel and self.use_graphs):
+            return 0
+        from pixdesk.engine.decode_attention import key_buckets, warm_variants
+
+        buckets = key_buckets(self.bucket_size, self.cache.max_len)
+        heads = self.model.args.text.n_heads
+        return warm_variants(self.cache.k[0], self.cache.v[0], heads, self.cache.n_slots, buckets, False)
+
     def _key_pos(self, bucket: int) -> torch.Tensor:
         if bucket not in self.key_pos:
             t = torch.arange(bucket, device=self.tokens.device)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.triton_interpreter import interpreter_skip_reason
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = textwrap.dedent(
@@ -47,6 +49,11 @@ CHECK = textwrap.dedent(
     out = decode_attention(q[:, 0], k, v, lengths, 256, slots)
     assert float((out - ref).abs().max()) < 1e-5
 
+    # warm-up launches: one per key bucket, one key a row, on a layer's cache as the step uses it
+    assert da.key_buckets(256, 600) == [256, 512, 600] and da.key_buckets(512, 512) == [512]
+    assert da.warm_variants(k, v, 8, 4, da.key_buckets(128, 299), row_slots=True) == 3
+    assert da.warm_variants(k, v, 8, 3, [64, 299], row_slots=False) == 2
+
     # inside the static step: the same logits as the matmul form
     from pixdesk.engine.cache import KVCache
     from pixdesk.engine.static import StaticDecoder
@@ -73,6 +80,8 @@ CHECK = textwrap.dedent(
 
 def test_decode_attention_kernel_in_the_interpreter():
     pytest.importorskip("triton")
+    if reason := interpreter_skip_reason():
+        pytest.skip(reason)
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -16,7 +16,7 @@ from torch import nn
 
 from pixdesk.model.dense_gemv import DecodeLinear, takes_gemv, use_decode_gemv
 from pixdesk.weights.checkpoint import load_checkpoint
-from tests.model.test_quant import interpreter_skip_reason
+from tests.triton_interpreter import interpreter_skip_reason
 
 ROOT = Path(__file__).resolve().parents[2]
 
