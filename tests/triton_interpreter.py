@@ -1,6 +1,29 @@
-"""When the tests that run Triton kernels in its interpreter (CPU) cannot run in this environment."""
+"""Running Triton kernels in Triton's interpreter on the CPU (a subprocess, since TRITON_INTERPRET is read at
+import), and when that cannot run in this environment."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_in_interpreter(code: str, timeout: float = 300) -> str:
+    """Run `code` with TRITON_INTERPRET=1 in a fresh interpreter: skips without Triton or where its
+    interpreter cannot run, fails with the child's stderr, returns its stdout."""
+    pytest.importorskip("triton")
+    if reason := interpreter_skip_reason():
+        pytest.skip(reason)
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", code]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 def interpreter_skip_reason() -> str | None:

@@ -3,15 +3,10 @@ against the matmul form, alone and inside the static decode step."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-from tests.triton_interpreter import interpreter_skip_reason
+from tests.triton_interpreter import run_in_interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,10 +74,4 @@ CHECK = textwrap.dedent(
 
 
 def test_decode_attention_kernel_in_the_interpreter():
-    pytest.importorskip("triton")
-    if reason := interpreter_skip_reason():
-        pytest.skip(reason)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
+    assert run_in_interpreter(CHECK).strip().endswith("ok")

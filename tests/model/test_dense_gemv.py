@@ -3,20 +3,16 @@ product in Triton's interpreter, and the module swap that routes decode linears 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pixdesk.model.dense_gemv import DecodeLinear, takes_gemv, use_decode_gemv
 from pixdesk.weights.checkpoint import load_checkpoint
-from tests.triton_interpreter import interpreter_skip_reason
+from tests.triton_interpreter import run_in_interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,14 +46,7 @@ GEMV_CHECK = textwrap.dedent(
 
 
 def test_gemv_partials_in_the_interpreter():
-    pytest.importorskip("triton")
-    if reason := interpreter_skip_reason():
-        pytest.skip(reason)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-c", GEMV_CHECK]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("ok")
+    assert run_in_interpreter(GEMV_CHECK).startswith("ok")
 
 
 def test_swap_keeps_parameters_and_falls_back_off_cuda():

@@ -3,9 +3,6 @@ Triton decode kernels run in Triton's interpreter (CPU) when Triton is installed
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from pixdesk.model.quant import (
     unpack_int4,
 )
 from pixdesk.weights.tiny import random_state_dict
-from tests.triton_interpreter import interpreter_skip_reason
+from tests.triton_interpreter import run_in_interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUNDS = {"int8": 0.999, "int4": 0.99}
@@ -156,14 +153,7 @@ KERNEL_CHECK = textwrap.dedent(
 
 
 def test_triton_kernels_in_the_interpreter():
-    pytest.importorskip("triton")
-    if reason := interpreter_skip_reason():
-        pytest.skip(reason)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-c", KERNEL_CHECK]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.startswith("ok")
+    assert run_in_interpreter(KERNEL_CHECK).startswith("ok")
 
 
 def test_random_state_dict_is_untouched_by_quantization():
