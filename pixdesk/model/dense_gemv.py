@@ -48,6 +48,7 @@ def takes_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.is_cuda
         and x.dtype == torch.bfloat16 == weight.dtype
         and x.numel() == weight.shape[1]
+        and weight.shape[1] % 8 == 0  # what the kernel takes (dense_triton.gemv); other shapes use F.linear
         and (not GEMV_SHAPES or tuple(weight.shape) in GEMV_SHAPES)
     )
 
