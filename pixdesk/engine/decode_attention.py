@@ -133,11 +133,6 @@ def decode_attention(
     return out
 
 
-def key_buckets(bucket_size: int, max_len: int) -> list[int]:
-    """Every attention length a step can be captured at: multiples of bucket_size, capped at max_len."""
-    return sorted({min(b, max_len) for b in range(bucket_size, max_len + bucket_size, bucket_size)})
-
-
 def warm_variants(keys: torch.Tensor, values: torch.Tensor, n_heads: int, rows: int, buckets: list[int],
                   row_slots: bool) -> int:  # fmt: skip
     """Launch the kernels once per key bucket for `rows` rows, one key a row, on a layer's cache tensors.

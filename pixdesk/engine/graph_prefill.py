@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from pixdesk.engine.cache import KVCache
-from pixdesk.engine.static import capture
+from pixdesk.engine.static import capture, key_bucket, warm_attention
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.quant import QuantLinear
 from pixdesk.model.quant_ops import DECODE_ROWS
@@ -109,11 +109,7 @@ class GraphPrefill:
         decode step (StaticDecoder.warm_attention); returns the launches made."""
         if not (self.kernel and self.use_graphs):
             return 0
-        from pixdesk.engine.decode_attention import key_buckets, warm_variants
-
-        buckets = key_buckets(self.bucket_size, self.cache.max_len)
-        heads, k, v = self.model.args.text.n_heads, self.cache.k[0], self.cache.v[0]
-        return sum(warm_variants(k, v, heads, rows, buckets, True) for rows in self.row_buckets)
+        return warm_attention(self.model, self.cache, self.bucket_size, self.row_buckets, True)
 
     def run(self, slot: int, embeds: torch.Tensor, start: int) -> torch.Tensor:
         """Embeddings (T, dim) of a slot at positions start.. (`fits(T)`) -> fp32 logits (V,) of the last."""
@@ -130,7 +126,7 @@ class GraphPrefill:
         self._io.copy_(staged, non_blocking=True)
         self.h[0, :n].copy_(embeds)
         self.h[0, n:rows].zero_()
-        bucket = min(-(-(start + n) // self.bucket_size) * self.bucket_size, self.cache.max_len)
+        bucket = key_bucket(start + n, self.bucket_size, self.cache.max_len)
         if self.use_graphs:
             graph, logits = self._graph(rows, bucket)
             graph.replay()

@@ -91,6 +91,28 @@ else:
     _decode_layer_region = _decode_layer
 
 
+def key_bucket(longest: int, bucket_size: int, max_len: int) -> int:
+    """Attention length covering positions < longest: a multiple of bucket_size, capped at max_len (never the
+    cache's full length, max_len + 1: a full-length slice would specialize the graph)."""
+    return min(-(-longest // bucket_size) * bucket_size, max_len)
+
+
+def key_buckets(bucket_size: int, max_len: int) -> list[int]:
+    """Every attention length a step can be captured at (key_bucket's values)."""
+    ends = range(bucket_size, max_len + bucket_size, bucket_size)
+    return sorted({key_bucket(b, bucket_size, max_len) for b in ends})
+
+
+def warm_attention(model, cache: KVCache, bucket_size: int, row_counts, row_slots: bool) -> int:
+    """Compile the decode-attention kernel variants of every key bucket for each row count now
+    (decode_attention.warm_variants says why); returns the launches made."""
+    from pixdesk.engine.decode_attention import warm_variants
+
+    buckets, heads = key_buckets(bucket_size, cache.max_len), model.args.text.n_heads
+    k, v = cache.k[0], cache.v[0]
+    return sum(warm_variants(k, v, heads, rows, buckets, row_slots) for rows in row_counts)
+
+
 def capture(fn, args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Run `fn(*args)` twice on a side stream (compilation, kernel tuning, allocator warm-up), then capture
     one call into a CUDA graph using memory pool `pool`. Returns the graph and its output buffer."""
@@ -137,9 +159,7 @@ class StaticDecoder:
 
     def bucket(self, longest: int) -> int:
         """Attention length covering positions < longest, rounded up to a multiple of bucket_size."""
-        b = -(-longest // self.bucket_size) * self.bucket_size
-        # Never the cache's full length (max_len + 1): a full-length slice would specialize the graph.
-        return min(b, self.cache.max_len)
+        return key_bucket(longest, self.bucket_size, self.cache.max_len)
 
     @property
     def steps(self) -> dict[int, torch.Tensor]:
@@ -183,15 +203,11 @@ class StaticDecoder:
         return self.graphs[bucket]
 
     def warm_attention(self) -> int:
-        """Compile the decode-attention kernel variants of every key bucket now (decode_attention.py's
-        warm_variants says why); returns the launches made (0 without the kernel)."""
+        """The decode-attention kernel variants of every key bucket compiled now (module-level
+        warm_attention); returns the launches made (0 without the kernel or graphs)."""
         if not (self.kernel and self.use_graphs):
             return 0
-        from pixdesk.engine.decode_attention import key_buckets, warm_variants
-
-        buckets = key_buckets(self.bucket_size, self.cache.max_len)
-        heads = self.model.args.text.n_heads
-        return warm_variants(self.cache.k[0], self.cache.v[0], heads, self.cache.n_slots, buckets, False)
+        return warm_attention(self.model, self.cache, self.bucket_size, [self.cache.n_slots], False)
 
     def _key_pos(self, bucket: int) -> torch.Tensor:
         if bucket not in self.key_pos:

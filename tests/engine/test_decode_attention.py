@@ -45,8 +45,9 @@ CHECK = textwrap.dedent(
     assert float((out - ref).abs().max()) < 1e-5
 
     # warm-up launches: one per key bucket, one key a row, on a layer's cache as the step uses it
-    assert da.key_buckets(256, 600) == [256, 512, 600] and da.key_buckets(512, 512) == [512]
-    assert da.warm_variants(k, v, 8, 4, da.key_buckets(128, 299), row_slots=True) == 3
+    from pixdesk.engine.static import key_buckets
+    assert key_buckets(256, 600) == [256, 512, 600] and key_buckets(512, 512) == [512]
+    assert da.warm_variants(k, v, 8, 4, key_buckets(128, 299), row_slots=True) == 3
     assert da.warm_variants(k, v, 8, 3, [64, 299], row_slots=False) == 2
 
     # inside the static step: the same logits as the matmul form
