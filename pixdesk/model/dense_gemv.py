@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixdesk.model.quant_ops import sum_partials
+
 # Measured on an H200 (session 6). Per linear, one row, cuBLAS against this GEMV (`PARTS=dense_chains python
 # bench/kernels.py`): q|k|v 18.2 -> 17.0 us, wo 13.4 -> 12.1, gate|up 69.9 -> 68.0, down 42.0 -> 36.5
 # (4.0 TB/s), LM head 376 -> 300. Engine b1 at the 4.2k context (`AB=baseline,dense_gemv python bench/gpu.py
@@ -59,7 +61,7 @@ class DecodeLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None and takes_gemv(x, self.weight):
             parts = dense_gemv_op(x.reshape(1, -1).contiguous(), self.weight)
-            return parts.sum(0, dtype=torch.float32).to(x.dtype).reshape(*x.shape[:-1], -1)
+            return sum_partials(parts, x.dtype).reshape(*x.shape[:-1], -1)
         return F.linear(x, self.weight, self.bias)
 
 

@@ -98,7 +98,7 @@ def _(x, qweight, scales):
     return x.new_empty(S, M, N, dtype=kernels[0].partials_dtype(S, x.dtype))
 
 
-def _sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(S, M, N) K-split partials -> (M, N); the compiled decode step fuses the sum into the next kernel."""
     return parts[0] if parts.shape[0] == 1 else parts.sum(0).to(dtype)
 
@@ -107,7 +107,7 @@ def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) ->
     """x (..., K) @ (q * s).T -> (..., N) in x's dtype."""
     x2 = _rows(x).contiguous()
     if x.device.type == "cuda":
-        out = _sum_partials(_int8_linear_op(x2, qweight, scales), x.dtype)
+        out = sum_partials(_int8_linear_op(x2, qweight, scales), x.dtype)
     elif x2.shape[0] <= DECODE_ROWS:  # torch's CPU kernel is fast with bf16 activations only (see below)
         out = torch._weight_int8pack_mm(x2.to(torch.bfloat16), qweight, scales.to(torch.bfloat16)).to(x.dtype)
     else:
@@ -144,7 +144,7 @@ def _(x, qweight, scales, mins, group):
 def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
     """x (..., K) on CUDA @ dequantized (N, K).T -> (..., N). The K-split partials are summed here, where
     the compiled decode step fuses the sum into the next kernel."""
-    out = _sum_partials(_int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group), x.dtype)
+    out = sum_partials(_int4_linear_op(_rows(x).contiguous(), qweight, scales, mins, group), x.dtype)
     return out.reshape(*x.shape[:-1], qweight.shape[0])
 
 
