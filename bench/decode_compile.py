@@ -1,6 +1,6 @@
-"""The decode step compiled whole (40 layers unrolled) vs as one layer region stamped out 40 times
-(`engine.static.LAYER_REGIONS`): compile time (Dynamo's trace is most of a warm engine start) and, on a GPU,
-the step's replay time (the regions lose the fusion of a layer's last residual add into the next RMSNorm).
+"""The decode step compiled whole (40 layers unrolled) vs as compiled pieces, one layer function called 40
+times (`engine.static.LAYER_REGIONS`): compile time (Dynamo's trace is most of a warm engine start) and, on a
+GPU, the step's replay time.
 
     PYTHONPATH=. python3 bench/decode_compile.py                 # full-size 12B shapes on CUDA
     PYTHONPATH=. .venv/bin/python bench/decode_compile.py --small  # 40 small layers: compile time only (CPU)

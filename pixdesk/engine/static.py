@@ -11,18 +11,21 @@ function, so Dynamo and Inductor run once; a CUDA graph of the compiled step is 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.rope import rope_tables, text_angles
 
-# The compiled step traced as one decoder layer stamped out for all 40 (torch.compiler.nested_compile_region)
-# instead of 40 layers unrolled: Dynamo's trace of the whole step is most of a warm engine start (6.8 s of
-# 13.8 on an H200); for a 40-layer toy step on the CPU Dynamo's tracing took 1.2-1.3 s instead of 4.0-5.1 s
-# (bench/decode_compile.py --small, warm caches). Each region ends at a GEMM output (_decode_layer), so the
-# step keeps its kernels. Full size on an H200 (bench/decode_compile.py, cold caches): first step 51.2 ->
-# 22.8 s and the replayed step 7.138 -> 6.990 ms; Dynamo's tracing there did not shrink (4.6 s warm).
+# The compiled step as three compiled functions called from Python: the embedding and rotation tables, one
+# decoder layer (called 40 times, so traced once: every input is an argument, Dynamo treats the layer's
+# parameters as inputs), and the final norm with the LM head. The CUDA graph captures the 40 calls as one
+# replay, so the kernels are the whole step's. History: compiled whole, Dynamo's trace of 40 unrolled layers
+# was most of a warm engine start (6.8 s of 13.8 on an H200); as 40 nested compile regions of one layer
+# (torch.compiler.nested_compile_region) the first step took 22.8 s instead of 51.2 cold and the replayed
+# step 6.990 ms instead of 7.138 (bench/decode_compile.py), but Dynamo still walked all 40 calls (4.6 s warm).
 LAYER_REGIONS = True
 
 
@@ -70,8 +73,8 @@ def attend_slots(kc, vc, rows, positions, reads, n_keys: int, kernel: bool, q, k
 
 
 def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, key_pos, kernel: bool):
-    """One decoder layer of the static step with every input an argument (no layer index), so the same
-    traced region serves all layers (LAYER_REGIONS).
+    """One decoder layer of the static step with every input an argument (no layer index), so one compiled
+    graph serves all layers (LAYER_REGIONS).
 
     The layer's last residual add is deferred to the next call: it takes the previous layer's residual
     stream and feed-forward branch and returns its own pair. The region thus ends at the down projection's
@@ -85,10 +88,24 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
     return h, layer.feed_forward(layer.ffn_norm(h))
 
 
-if hasattr(torch.compiler, "nested_compile_region"):  # torch >= 2.8
-    _decode_layer_region = torch.compiler.nested_compile_region(_decode_layer)
-else:
-    _decode_layer_region = _decode_layer
+def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool):
+    """The step's inputs -> embeddings, a zero first branch, the rotation tables and the attention reads."""
+    t = model.args.text
+    h = model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
+    cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
+    reads = positions + 1 if kernel else key_pos[None, :] <= positions[:, None]
+    return h, torch.zeros_like(h), cos, sin, reads
+
+
+def _head(model, h: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    """The last layer's pending residual add, the final norm and the LM head -> fp32 logits (n_slots, V)."""
+    return model.logits(model.norm(h + branch)[:, 0])
+
+
+@functools.cache
+def _compiled(fn):
+    """One torch.compile wrapper per function, shared by every decoder (Dynamo caches by code object)."""
+    return torch.compile(fn, fullgraph=True)
 
 
 def key_bucket(longest: int, bucket_size: int, max_len: int) -> int:
@@ -151,6 +168,7 @@ class StaticDecoder:
         self._io = torch.zeros(3, n, dtype=torch.long, device=device)
         self._copied = torch.cuda.Event() if pinned else None
         self.tokens, self.positions, self._rows = self._io[0], self._io[1], self._io[2]
+        self._slot_rows = torch.arange(n, device=device)
         self.key_pos: dict[int, torch.Tensor] = {}
         self._fn = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -167,28 +185,28 @@ class StaticDecoder:
         return self.key_pos
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+        """The whole step as one function (eager, or compiled whole when LAYER_REGIONS is off)."""
         h = self.model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
         view = StaticView(self.cache, positions, key_pos, self.kernel)
-        if self.layer_regions:
-            out = self._layers_as_regions(h, positions, view, key_pos)
-        else:
-            out = self.model(h, positions[:, None], view)
-        return self.model.logits(out[:, 0])  # (n_slots, V) fp32
+        return self.model.logits(self.model(h, positions[:, None], view)[:, 0])  # (n_slots, V) fp32
 
-    def _layers_as_regions(self, h, positions, view: StaticView, key_pos) -> torch.Tensor:
-        """The model's forward (Pixtral.forward) with each layer as one nested compile region."""
-        m, t = self.model, self.model.args.text
-        cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
-        reads, rows = (view.lengths if self.kernel else view.mask), view.rows
-        branch = torch.zeros_like(h)
+    def _step_by_layer(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor):
+        """The step as compiled pieces (LAYER_REGIONS): prologue, one layer function per layer, head."""
+        m, rows = self.model, self._slot_rows
+        h, branch, cos, sin, reads = _compiled(_prologue)(m, tokens, positions, key_pos, self.kernel)
+        layer_fn, shared = _compiled(_decode_layer), (rows, positions, reads, key_pos, self.kernel)
         for layer, kc, vc in zip(m.layers, self.cache.k, self.cache.v):
-            args = (cos, sin, kc, vc, rows, positions, reads, key_pos, self.kernel)
-            h, branch = _decode_layer_region(layer, h, branch, *args)
-        return m.norm(h + branch)
+            h, branch = layer_fn(layer, h, branch, cos, sin, kc, vc, *shared)
+        return _compiled(_head)(m, h, branch)
 
     def _function(self):
         if self._fn is None:
-            self._fn = torch.compile(self._step, fullgraph=True) if self.compile else self._step
+            if not self.compile:
+                self._fn = self._step
+            elif self.layer_regions:
+                self._fn = self._step_by_layer
+            else:
+                self._fn = torch.compile(self._step, fullgraph=True)
         return self._fn
 
     def _graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
