@@ -270,7 +270,7 @@ def stage_check(args) -> None:
 
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
-             layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = False):  # fmt: skip
+             layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=()):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code so compiler settings take effect."""
 
@@ -280,14 +280,12 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
 
         import pixdesk.engine.static as static
         import pixdesk.model.dense_gemv as dense
-        import pixdesk.model.quant_triton as quant_triton
 
         torch.backends.cuda.preferred_blas_library(blas)
         inductor.coordinate_descent_tuning = coordinate_descent
         inductor.max_autotune_gemm = autotune_gemm  # Triton GEMV templates against cuBLAS, per shape
         static.LAYER_REGIONS = layer_regions
         dense.DECODE_GEMV, dense.GEMV_SHAPES = dense_gemv, frozenset(gemv_shapes)
-        quant_triton.PDL = pdl
         torch._dynamo.reset()
 
     return setup
@@ -301,7 +299,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "whole_step": _variant(layer_regions=False),
     "dense_gemv": _variant(dense_gemv=True),  # every one-row bf16 decoder linear through dense_triton
     "dense_gemv_small": _variant(dense_gemv=True, gemv_shapes=[(6144, 5120), (5120, 4096), (5120, 14336)]),
-    "dense_gemv_pdl": _variant(dense_gemv=True, pdl=True),  # and our kernels with programmatic dependent launch
 }
 
 

@@ -8,7 +8,6 @@
     PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
     PARTS=attention ATTENTION=kernel,kernel64 ...  # forms: matmul, kernel (split_keys), kernelN (N keys a program)
     PARTS=dense_chains ...                          # bf16 one row per shape: cuBLAS against dense_triton
-    PARTS=pdl_chains ...                            # our decode kernels launched with and without PDL
 """
 
 from __future__ import annotations
@@ -113,48 +112,6 @@ def dense_chains(res: dict) -> None:
         torch.cuda.empty_cache()
 
 
-def pdl_chains(res: dict) -> None:
-    """Programmatic dependent launch (quant_triton.PDL) on and off, one row, CUDA graphs:
-    - `gemv`: the 161 bf16 linears back to back (our kernels only: the best case);
-    - `layers`: 40 layers as the decode step orders its launches, with one small elementwise kernel (as
-      Inductor's norm/RoPE/SiLU kernels) before each GEMV and the decode attention at 4,352 keys;
-    - `int8`: the 161 int8 linears back to back."""
-    from pixdesk.engine.decode_attention import decode_attention
-    from pixdesk.model import dense_triton, quant_triton
-    from pixdesk.model.quant import Int8Linear
-
-    ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5 for n, k in SHAPES]
-    xs = {k: torch.randn(1, k, device="cuda", dtype=torch.bfloat16) for k in {k for _, k in SHAPES}}
-    kc, vc = (torch.randn(1, 4353, 8, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-    q, lengths = torch.randn(1, 32, 128, device="cuda", dtype=torch.bfloat16), torch.tensor([4300], device="cuda")
-
-    def gemvs():
-        return [dense_triton.gemv(xs[w.shape[1]], w) for w in ws]
-
-    def layers():
-        for i in range(40):
-            for j, w in enumerate(ws[4 * i : 4 * i + 4]):
-                xs[w.shape[1]].mul_(1.0)  # stands for the Inductor kernel before each linear
-                dense_triton.gemv(xs[w.shape[1]], w)
-                if j == 0:
-                    decode_attention(q, kc, vc, lengths, 4352)
-        dense_triton.gemv(xs[5120], ws[-1])
-
-    for name, fn in (("gemv", gemvs), ("layers", layers)):
-        for pdl in (False, True):
-            quant_triton.PDL = pdl
-            res[f"pdl_{name}_{'on' if pdl else 'off'}_ms"] = graph_time(fn) * 1e3
-        print(json.dumps(res), flush=True)
-    mods = [Int8Linear.from_float(w) for w in ws]
-    ws.clear()
-    torch.cuda.empty_cache()
-    for pdl in (False, True):
-        quant_triton.PDL = pdl
-        res[f"pdl_int8_{'on' if pdl else 'off'}_ms"] = graph_time(chain(mods, xs, partials=True)) * 1e3
-    quant_triton.PDL = False
-    print(json.dumps(res), flush=True)
-
-
 def partial_gemv(m):
     """The GEMV kernel alone, returning its K-split partials (the compiled step fuses their sum)."""
     from pixdesk.model import int4_triton, quant_triton
@@ -236,7 +193,7 @@ def main() -> None:
     out = Path(os.environ.get("OUT", "bench-out"))
     out.mkdir(parents=True, exist_ok=True)
     parts = os.environ.get("PARTS", "attention,linear_chains").split(",")
-    for part in [f for f in (attention, linear_chains, dense_chains, pdl_chains) if f.__name__ in parts]:
+    for part in [f for f in (attention, linear_chains, dense_chains) if f.__name__ in parts]:
         try:
             part(res)
         except Exception as exc:  # report and go on: one broken part must not hide the other

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import _DOT_F32, pdl_on
+from pixdesk.model.quant_triton import _DOT_F32
 
 SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
 BLOCK_S = 64  # keys per inner step
@@ -42,11 +42,7 @@ def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
 @triton.jit
 def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
              stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr,
-             PDL: tl.constexpr):  # fmt: skip
-    if PDL:  # launched early (programmatic dependent launch): q and the cache are earlier kernels' output
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
@@ -88,11 +84,8 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
 
 
 @triton.jit
-def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr, PDL: tl.constexpr):
+def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr):
     """Merge one (row, query head)'s split partials: a softmax over splits weighted by their maxima."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
     bh = tl.program_id(0)
     rs, rd = tl.arange(0, NSP), tl.arange(0, D)
     ok = rs < n_splits
@@ -131,13 +124,12 @@ def decode_attention(
     l_sum = torch.empty_like(m)
     out = torch.empty_like(q)
     nsp = max(2, triton.next_power_of_2(n_splits))
-    pdl = pdl_on(q.device)
     _partial[(B * Hkv, n_splits)](
         q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
         D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
-        SPLIT=split, BLOCK_S=min(BLOCK_S, split), ROW_SLOTS=slots is not None, PDL=pdl, launch_pdl=pdl,
+        SPLIT=split, BLOCK_S=min(BLOCK_S, split), ROW_SLOTS=slots is not None,
     )  # fmt: skip
-    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp, PDL=pdl, launch_pdl=pdl)
+    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
     return out
 
 

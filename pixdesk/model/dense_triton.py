@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import _INTERPRET, _bench, _configs, k_splits, partials_dtype, pdl_on
+from pixdesk.model.quant_triton import _INTERPRET, _bench, _configs, k_splits, partials_dtype
 
 BLOCK_N = 16  # output channels a program; fixed, because it sets how many programs there are to split K for
 SPLIT_ALIGN = 512  # each K slice starts at a multiple of 1 KiB of a row
@@ -23,26 +23,15 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(configs=_CONFIGS, key=["N", "K"], cache_results=True, do_bench=_bench,
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          PDL: tl.constexpr):  # fmt: skip
-    """Program (n, s): outputs [n * BLOCK_N, +BLOCK_N) over K in [s * SPLIT_K, +SPLIT_K) -> row s of y.
-
-    PDL (programmatic dependent launch): the program may start while the previous kernel still runs; the
-    first weight tile, which no kernel writes, is requested before waiting for that kernel's output x."""
+def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Program (n, s): outputs [n * BLOCK_N, +BLOCK_N) over K in [s * SPLIT_K, +SPLIT_K) -> row s of y."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     k_lo = tl.program_id(1) * SPLIT_K
     k_hi = tl.minimum(k_lo + SPLIT_K, K)
     rk0 = tl.arange(0, BLOCK_K)
-    rk = k_lo + rk0
-    k_ok = rk < k_hi
-    w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
-    x = tl.load(x_ptr + rk, mask=k_ok, other=0.0)
-    acc = w.to(tl.float32) * x.to(tl.float32)[None, :]  # elementwise products, one reduction at the end
-    for k0 in range(BLOCK_K, SPLIT_K, BLOCK_K):  # plain bounds: Triton's interpreter wants them
+    acc = tl.zeros((BLOCK_N, BLOCK_K), tl.float32)  # elementwise products, one reduction at the end
+    for k0 in range(0, SPLIT_K, BLOCK_K):  # from 0: Triton's interpreter wants plain bounds
         rk = k_lo + k0 + rk0
         k_ok = rk < k_hi
         w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
@@ -66,6 +55,5 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     S = splits(N, K, x.device)
     y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     split_k = triton.cdiv(triton.cdiv(K, S), SPLIT_ALIGN) * SPLIT_ALIGN
-    pdl = pdl_on(x.device)
-    _gemv[(triton.cdiv(N, BLOCK_N), S)](x, weight, y, N, K, split_k, PDL=pdl, launch_pdl=pdl)
+    _gemv[(triton.cdiv(N, BLOCK_N), S)](x, weight, y, N, K, split_k)
     return y

@@ -22,27 +22,6 @@ import triton.language as tl
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# Programmatic dependent launch for the decode kernels (Hopper and newer): a kernel launched with it may start
-# while the one before it finishes, and waits (griddepcontrol.wait) before reading that kernel's output.
-# Off until measured (bench/kernels.py PARTS=pdl_chains, then --stage ab).
-PDL = False
-
-
-@functools.cache
-def _pdl_capable(device: torch.device) -> bool:
-    return (
-        device.type == "cuda"
-        and not _INTERPRET
-        and torch.cuda.get_device_capability(device)[0] >= 9
-        and hasattr(getattr(tl.extra, "cuda", None), "gdc_wait")
-    )
-
-
-def pdl_on(device: torch.device) -> bool:
-    """Whether decode kernels on `device` launch with programmatic dependent launch (PDL, Hopper+)."""
-    return PDL and _pdl_capable(device)
-
-
 # Triton 3.6's interpreter computes bf16 tl.dot wrongly; under it the dot operands go through fp32 instead.
 _DOT_F32 = tl.constexpr(_INTERPRET)
 
@@ -101,29 +80,19 @@ _INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
 @triton.autotune(**_tune(_INT8_ONE_ROW, _INT8_ROWS))
 @triton.jit
 def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+               BLOCK_K: tl.constexpr):  # fmt: skip
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     if MB == 1:
         # Weights read as int32 words (4 per word); products accumulate elementwise, one reduction at the end.
-        # This program takes words [w_lo, w_hi) of each row (the K split) and writes partial sums. The first
-        # tile of words is requested before waiting for the previous kernel (PDL: see dense_triton._gemv).
+        # This program takes words [w_lo, w_hi) of each row (the K split) and writes partial sums.
         KW = K // 4
         w_lo = tl.program_id(1) * SPLIT_WORDS
         w_hi = tl.minimum(w_lo + SPLIT_WORDS, KW)
         w32 = w_ptr.to(tl.pointer_type(tl.int32))
         rw0 = tl.arange(0, BLOCK_K // 4)
-        rw = w_lo + rw0
-        w_ok = rw < w_hi
-        word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
-        if PDL:
-            tl.extra.cuda.gdc_wait()
-            tl.extra.cuda.gdc_launch_dependents()
         acc = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
-        for i in tl.static_range(4):
-            xi = tl.load(x_ptr + 4 * rw + i, mask=w_ok, other=0.0).to(tl.float32)
-            acc += _byte_values(word, i) * xi[None, :]
-        for w0 in range(BLOCK_K // 4, SPLIT_WORDS, BLOCK_K // 4):  # plain bounds for Triton's interpreter
+        for w0 in range(0, SPLIT_WORDS, BLOCK_K // 4):  # from 0: Triton's interpreter wants plain bounds
             rw = w_lo + w0 + rw0
             w_ok = rw < w_hi
             word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
@@ -134,8 +103,6 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
         out = (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + tl.program_id(1) * N + rn, out, mask=n_ok)
     else:
-        if PDL:
-            tl.extra.cuda.gdc_wait()
         rm = tl.arange(0, MB)
         m_ok = rm < M
         rk0 = tl.arange(0, BLOCK_K)
@@ -202,6 +169,5 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     y = torch.empty(S, M, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     words = triton.cdiv(triton.cdiv(K // 4, S), SPLIT_ALIGN_WORDS) * SPLIT_ALIGN_WORDS
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), S)  # noqa: E731
-    pdl = pdl_on(x.device)
-    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16, PDL=pdl, launch_pdl=pdl)
+    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16)
     return y
