@@ -40,25 +40,13 @@ def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
 
 
 @triton.jit
-def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
-             stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
-    bh = tl.program_id(0)
-    sp = tl.program_id(1)
-    b, h = bh // HKV, bh % HKV
-    length = tl.minimum(tl.load(len_ptr + b), n_keys)
-    slot = tl.load(slot_ptr + b) if ROW_SLOTS else b
-    rg, rd = tl.arange(0, GP), tl.arange(0, D)
-    g_ok = rg < G
-    q = tl.load(q_ptr + (bh * G + rg[:, None]) * D + rd[None, :], mask=g_ok[:, None], other=0.0)  # (GP, D)
-    m_i = tl.full((GP,), float("-inf"), tl.float32)
-    l_i = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((GP, D), tl.float32)
-    kv_base = slot.to(tl.int64) * stride_kb + h * D
-    start = sp * SPLIT
-    for s0 in range(start, tl.minimum(start + SPLIT, length), BLOCK_S):
+def _attend_keys(q, k_ptr, v_ptr, kv_base, stride_kt, start, stop, sm_scale, m_i, l_i, acc, D: tl.constexpr,
+                 BLOCK_S: tl.constexpr):  # fmt: skip
+    """Online softmax of q (GP, D) over the cached keys [start, stop) of one slot's KV head -> (m, l, acc)."""
+    rd = tl.arange(0, D)
+    for s0 in range(start, stop, BLOCK_S):
         rs = s0 + tl.arange(0, BLOCK_S)
-        s_ok = rs < length
+        s_ok = rs < stop
         off = kv_base + rs[:, None] * stride_kt + rd[None, :]
         k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0)  # (BLOCK_S, D)
         if _DOT_F32:
@@ -77,10 +65,103 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
             pv = tl.dot(p.to(v.dtype), v)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
+             stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
+    bh = tl.program_id(0)
+    sp = tl.program_id(1)
+    b, h = bh // HKV, bh % HKV
+    length = tl.minimum(tl.load(len_ptr + b), n_keys)
+    slot = tl.load(slot_ptr + b) if ROW_SLOTS else b
+    rg, rd = tl.arange(0, GP), tl.arange(0, D)
+    g_ok = rg < G
+    q = tl.load(q_ptr + (bh * G + rg[:, None]) * D + rd[None, :], mask=g_ok[:, None], other=0.0)  # (GP, D)
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    kv_base = slot.to(tl.int64) * stride_kb + h * D
+    start = sp * SPLIT
+    stop = tl.minimum(start + SPLIT, length)
+    m_i, l_i, acc = _attend_keys(q, k_ptr, v_ptr, kv_base, stride_kt, start, stop, sm_scale, m_i, l_i, acc,
+                                 D, BLOCK_S)  # fmt: skip
     row = (bh * G + rg) * n_splits + sp  # partials laid out (B, H, splits[, D])
     tl.store(o_ptr + row[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
     tl.store(m_ptr + row, m_i, mask=g_ok)
     tl.store(l_ptr + row, l_i, mask=g_ok)
+
+
+@triton.jit
+def _summed(ptr, offs, mask, n_parts, part_stride, DT: tl.constexpr):
+    """A linear's K-split partials summed in fp32, rounded to the model's dtype (as sum_partials does)."""
+    total = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for i in range(1, n_parts):
+        total += tl.load(ptr + i * part_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    return total.to(DT).to(tl.float32)
+
+
+@triton.jit
+def _rotate(parts_ptr, offs, mask, n_parts, part_stride, c, s, DT: tl.constexpr):
+    """Adjacent pairs (offs, offs + 1) of a head summed from the partials and rotated (model/rope.py's
+    apply_rope: fp32, then the model's dtype) -> the two rotated halves."""
+    x0 = _summed(parts_ptr, offs, mask, n_parts, part_stride, DT)
+    x1 = _summed(parts_ptr, offs + 1, mask, n_parts, part_stride, DT)
+    return (x0 * c - x1 * s).to(DT), (x0 * s + x1 * c).to(DT)
+
+
+@triton.jit
+def _partial_new_key(qkv_ptr, n_parts, part_stride, cos_ptr, sin_ptr, k_ptr, v_ptr, pos_ptr, cached_ptr,
+                     o_ptr, m_ptr, l_ptr, n_splits, sm_scale, stride_kb, stride_kt, H: tl.constexpr,
+                     HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
+                     SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
+    """`_partial` for the decode step, one row per slot, fed by the q|k|v projection's partials: q and the
+    new key rotated here, the new key and value written to the cache at the row's position by the program
+    whose slice holds it, and attended from registers (the cached keys read are [0, cached))."""
+    bh = tl.program_id(0)
+    sp = tl.program_id(1)
+    b, h = bh // HKV, bh % HKV
+    n_cached = tl.load(cached_ptr + b)
+    DT: tl.constexpr = k_ptr.dtype.element_ty
+    D2: tl.constexpr = D // 2
+    rg, ri, rd = tl.arange(0, GP), tl.arange(0, D2), tl.arange(0, D)
+    g_ok = rg < G
+    c = tl.load(cos_ptr + b * D2 + ri)
+    s = tl.load(sin_ptr + b * D2 + ri)
+    row = b * (H + 2 * HKV) * D
+    q_off = row + (h * G + rg[:, None]) * D + 2 * ri[None, :]
+    q0, q1 = _rotate(qkv_ptr, q_off, g_ok[:, None], n_parts, part_stride, c[None, :], s[None, :], DT)
+    q = tl.reshape(tl.join(q0, q1), (GP, D))  # pairs interleaved again, as the cache holds keys
+    m_i = tl.full((GP,), float("-inf"), tl.float32)
+    l_i = tl.zeros((GP,), tl.float32)
+    acc = tl.zeros((GP, D), tl.float32)
+    kv_base = b.to(tl.int64) * stride_kb + h * D
+    start = sp * SPLIT
+    stop = tl.minimum(start + SPLIT, n_cached)
+    m_i, l_i, acc = _attend_keys(q, k_ptr, v_ptr, kv_base, stride_kt, start, stop, sm_scale, m_i, l_i, acc,
+                                 D, BLOCK_S)  # fmt: skip
+    if sp == n_cached // SPLIT:  # the new key is number n_cached of this row's keys: it falls in this slice
+        k_ok = ri < D2
+        k0, k1 = _rotate(qkv_ptr, row + (H + h) * D + 2 * ri, k_ok, n_parts, part_stride, c, s, DT)
+        v = _summed(qkv_ptr, row + (H + HKV + h) * D + rd, rd < D, n_parts, part_stride, DT)
+        dst = kv_base + tl.load(pos_ptr + b).to(tl.int64) * stride_kt
+        tl.store(k_ptr + dst + 2 * ri, k0)
+        tl.store(k_ptr + dst + 2 * ri + 1, k1)
+        tl.store(v_ptr + dst + rd, v.to(DT))
+        k_new = tl.reshape(tl.join(k0, k1), (D,)).to(tl.float32)
+        score = tl.sum(q.to(tl.float32) * k_new[None, :], axis=1) * sm_scale  # (GP,)
+        m_new = tl.maximum(m_i, score)
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(score - m_new)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, None] + p.to(DT).to(tl.float32)[:, None] * v[None, :]
+        m_i = m_new
+    out = (bh * G + rg) * n_splits + sp
+    tl.store(o_ptr + out[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
+    tl.store(m_ptr + out, m_i, mask=g_ok)
+    tl.store(l_ptr + out, l_i, mask=g_ok)
 
 
 @triton.jit
@@ -162,3 +243,48 @@ def _sm_count(device: torch.device) -> int:
 @decode_attention.register_fake
 def _(q, keys, values, lengths, n_keys, slots=None):
     return torch.empty_like(q)
+
+
+@torch.library.custom_op("pixdesk::decode_attention_new_key", mutates_args=("keys", "values"))
+def decode_attention_new_key(
+    qkv_parts: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor,
+    cached: torch.Tensor,
+    n_keys: int,
+    n_heads: int,
+) -> torch.Tensor:
+    """The decode step's attention from the fused q|k|v projection's K-split partials (S, B, (H + 2 Hkv) D),
+    one row per slot: RoPE with the tables cos/sin (B, D/2), the row's new key and value written to its
+    slot at positions[b], and attention over the cached keys [0, cached[b]) plus the new one. cached[b] is
+    the row's position for a live slot and 0 for an idle one (parked on the spare position: it reads no
+    cached key). The new key must fall inside the first n_keys keys. Returns (B, H, D).
+
+    Instead of Inductor's kernels for the partials' sum, RoPE and the two cache writes (~0.15 ms a step at
+    one slot on an H200: bench/results/partial-2026-12-03-h200-s7/profile-bf16-1624f1a.txt)."""
+    S, B, _ = qkv_parts.shape
+    Hkv, D = keys.shape[2], keys.shape[3]
+    G = n_heads // Hkv
+    split = split_keys(B * Hkv, n_keys, _sm_count(keys.device))
+    n_splits = triton.cdiv(n_keys, split)
+    qkv_parts, cos, sin = qkv_parts.contiguous(), cos.contiguous(), sin.contiguous()
+    partial = torch.empty(B, n_heads, n_splits, D, dtype=torch.float32, device=keys.device)
+    m = torch.empty(B, n_heads, n_splits, dtype=torch.float32, device=keys.device)
+    l_sum = torch.empty_like(m)
+    out = torch.empty(B, n_heads, D, dtype=keys.dtype, device=keys.device)
+    _partial_new_key[(B * Hkv, n_splits)](
+        qkv_parts, S, qkv_parts.stride(0), cos, sin, keys, values, positions, cached, partial, m, l_sum,
+        n_splits, D**-0.5, keys.stride(0), keys.stride(1), H=n_heads, HKV=Hkv, G=G,
+        GP=max(16, triton.next_power_of_2(G)), D=D, SPLIT=split, BLOCK_S=min(BLOCK_S, split),
+    )  # fmt: skip
+    nsp = max(2, triton.next_power_of_2(n_splits))
+    _combine[(B * n_heads,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
+    return out
+
+
+@decode_attention_new_key.register_fake
+def _(qkv_parts, cos, sin, keys, values, positions, cached, n_keys, n_heads):
+    return keys.new_empty(qkv_parts.shape[1], n_heads, keys.shape[3])

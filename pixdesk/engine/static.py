@@ -17,6 +17,7 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
+from pixdesk.model.quant_ops import linear_partials
 from pixdesk.model.rope import rope_tables, text_angles
 
 # The compiled step as three compiled functions called from Python: the embedding and rotation tables, one
@@ -50,8 +51,8 @@ class StaticView:
     def __init__(self, cache: KVCache, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool = False):
         self.cache, self.positions, self.bucket, self.kernel = cache, positions, key_pos.shape[0], kernel
         self.rows = torch.arange(cache.n_slots, device=positions.device)
-        if kernel:
-            self.lengths = positions + 1  # (n_slots,)
+        if kernel:  # keys each slot reads; an idle slot (on the spare position) reads one
+            self.lengths = torch.where(positions == cache.scratch_position, 1, positions + 1)  # (n_slots,)
         else:
             self.mask = key_pos[None, :] <= positions[:, None]  # (n_slots, bucket)
 
@@ -83,17 +84,38 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
     """
     x = x + branch
     n_keys = key_pos.shape[0]
-    attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
-    h = x + layer.attention.output(attend(*layer.project(x, cos, sin)))
+    if kernel and hasattr(layer.attention, "wqkv"):
+        attended = _attend_new_key(layer, x, cos, sin, kc, vc, positions, reads, n_keys)
+    else:
+        attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
+        attended = attend(*layer.project(x, cos, sin))
+    h = x + layer.attention.output(attended)
     return h, layer.feed_forward(layer.ffn_norm(h))
 
 
-def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool):
-    """The step's inputs -> embeddings, a zero first branch, the rotation tables and the attention reads."""
+def _attend_new_key(layer, x, cos, sin, kc, vc, positions, cached, n_keys: int) -> torch.Tensor:
+    """Norm and q|k|v projection, then one kernel for its partials' sum, RoPE, the cache write and attention
+    (decode_attention.decode_attention_new_key); `cached` is the keys each slot reads from the cache."""
+    a, B = layer.attention, x.shape[0]
+    parts = linear_partials(a.wqkv, layer.attention_norm(x)[:, 0])  # (S, B, (H + 2 Hkv) D)
+    out = torch.ops.pixdesk.decode_attention_new_key(
+        parts, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions, cached, n_keys, a.n_heads
+    )
+    return out[:, None]  # (B, 1, H, D)
+
+
+def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool,
+              scratch: int):  # fmt: skip
+    """The step's inputs -> embeddings, a zero first branch, the rotation tables and the attention reads:
+    for the kernel the cached keys each slot reads (its position; none for an idle slot parked on the spare
+    position `scratch`), else the matmul form's mask."""
     t = model.args.text
     h = model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
     cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
-    reads = positions + 1 if kernel else key_pos[None, :] <= positions[:, None]
+    if kernel:
+        reads = torch.where(positions == scratch, 0, positions)
+    else:
+        reads = key_pos[None, :] <= positions[:, None]
     return h, torch.zeros_like(h), cos, sin, reads
 
 
@@ -185,28 +207,30 @@ class StaticDecoder:
         return self.key_pos
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
-        """The whole step as one function (eager, or compiled whole when LAYER_REGIONS is off)."""
+        """The whole step as one function, the model's forward (LAYER_REGIONS off: compiled whole)."""
         h = self.model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
         view = StaticView(self.cache, positions, key_pos, self.kernel)
         return self.model.logits(self.model(h, positions[:, None], view)[:, 0])  # (n_slots, V) fp32
 
     def _step_by_layer(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor):
-        """The step as compiled pieces (LAYER_REGIONS): prologue, one layer function per layer, head."""
-        m, rows = self.model, self._slot_rows
-        h, branch, cos, sin, reads = _compiled(_prologue)(m, tokens, positions, key_pos, self.kernel)
-        layer_fn, shared = _compiled(_decode_layer), (rows, positions, reads, key_pos, self.kernel)
+        """The step as three pieces (LAYER_REGIONS): prologue, one layer function per layer, head; compiled
+        each when the decoder compiles."""
+        m, rows, scratch = self.model, self._slot_rows, self.cache.scratch_position
+        piece = _compiled if self.compile else (lambda fn: fn)
+        h, branch, cos, sin, reads = piece(_prologue)(m, tokens, positions, key_pos, self.kernel, scratch)
+        layer_fn, shared = piece(_decode_layer), (rows, positions, reads, key_pos, self.kernel)
         for layer, kc, vc in zip(m.layers, self.cache.k, self.cache.v):
             h, branch = layer_fn(layer, h, branch, cos, sin, kc, vc, *shared)
-        return _compiled(_head)(m, h, branch)
+        return piece(_head)(m, h, branch)
 
     def _function(self):
         if self._fn is None:
-            if not self.compile:
-                self._fn = self._step
-            elif self.layer_regions:
+            if self.layer_regions:
                 self._fn = self._step_by_layer
-            else:
+            elif self.compile:
                 self._fn = torch.compile(self._step, fullgraph=True)
+            else:
+                self._fn = self._step
         return self._fn
 
     def _graph(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

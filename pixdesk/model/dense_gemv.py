@@ -64,6 +64,12 @@ class DecodeLinear(nn.Linear):
             return sum_partials(parts, x.dtype).reshape(*x.shape[:-1], -1)
         return F.linear(x, self.weight, self.bias)
 
+    def partials(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) -> (S, M, N) partial products (quant_ops.linear_partials)."""
+        if self.bias is None and takes_gemv(x, self.weight):
+            return dense_gemv_op(x.contiguous(), self.weight)
+        return F.linear(x, self.weight, self.bias)[None]
+
 
 def use_decode_gemv(model: nn.Module, names: list[str]) -> None:
     """Give the named bf16 nn.Linear modules DecodeLinear's forward (parameters untouched)."""

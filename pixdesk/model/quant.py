@@ -108,6 +108,12 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return quant_ops.int8_linear(x, self.qweight, self.scales)
 
+    def partials(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) -> (S, M, N) partial products (quant_ops.linear_partials)."""
+        if x.is_cuda:
+            return quant_ops.int8_linear_op(x.contiguous(), self.qweight, self.scales)
+        return self(x)[None]
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 

@@ -80,7 +80,7 @@ def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> to
 
 
 @torch.library.custom_op("pixdesk::int8_linear", mutates_args=())
-def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+def int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """-> partials (S, M, N) whose sum over S is the product (one-row decode splits K, else S = 1)."""
     kernels = _kernels()
     if x.shape[0] <= DECODE_ROWS and kernels is not None:
@@ -89,7 +89,7 @@ def _int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     return (out.float() * scales).to(x.dtype).unsqueeze(0)
 
 
-@_int8_linear_op.register_fake
+@int8_linear_op.register_fake
 def _(x, qweight, scales):
     kernels, (M, K), N = _kernels(), x.shape, qweight.shape[0]
     if kernels is None or M > DECODE_ROWS:
@@ -103,11 +103,18 @@ def sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return parts[0] if parts.shape[0] == 1 else parts.sum(0).to(dtype)
 
 
+def linear_partials(linear, x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) through any of the model's linears -> (S, M, N) whose sum over S is linear(x): the K-split
+    partials of the decode kernels where the module has them (`partials`), else its output as one."""
+    partials = getattr(linear, "partials", None)
+    return partials(x) if partials is not None else linear(x)[None]
+
+
 def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     """x (..., K) @ (q * s).T -> (..., N) in x's dtype."""
     x2 = _rows(x).contiguous()
     if x.device.type == "cuda":
-        out = sum_partials(_int8_linear_op(x2, qweight, scales), x.dtype)
+        out = sum_partials(int8_linear_op(x2, qweight, scales), x.dtype)
     elif x2.shape[0] <= DECODE_ROWS:  # torch's CPU kernel is fast with bf16 activations only (see below)
         out = torch._weight_int8pack_mm(x2.to(torch.bfloat16), qweight, scales.to(torch.bfloat16)).to(x.dtype)
     else:

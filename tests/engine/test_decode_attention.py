@@ -76,3 +76,55 @@ CHECK = textwrap.dedent(
 
 def test_decode_attention_kernel_in_the_interpreter():
     assert run_in_interpreter(CHECK).strip().endswith("ok")
+
+
+NEW_KEY = textwrap.dedent(
+    """
+    import torch
+    import pixdesk.engine.decode_attention as da
+    from pixdesk.model.layers import gqa_decode
+    from pixdesk.model.rope import apply_rope, rope_tables, text_angles
+
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+      for split in (None, 64):  # one slice, and the new key in the fourth of four
+        da.FIXED_SPLIT = split
+        B, T, Hkv, D, H, n_keys = 3, 300, 2, 16, 8, 256
+        scratch = T - 1
+        S = 2  # the q|k|v projection's K-split partials
+        kc, vc = (torch.randn(B, T, Hkv, D, generator=g).to(dtype) for _ in range(2))
+        parts = torch.randn(S, B, (H + 2 * Hkv) * D, generator=g)
+        positions = torch.tensor([100, scratch, 255])
+        cached = torch.tensor([100, 0, 255])
+        cos, sin = rope_tables(text_angles(positions[:, None], D, 1e6))
+        ka, va = kc.clone(), vc.clone()
+        tables = cos.reshape(B, -1), sin.reshape(B, -1)
+        out = da.decode_attention_new_key(parts, *tables, ka, va, positions, cached, n_keys, H)
+        qkv = parts.sum(0).to(dtype)
+        q, k, v = qkv.split([H * D, Hkv * D, Hkv * D], -1)
+        q, k = apply_rope(q.view(B, 1, H, D), cos, sin), apply_rope(k.view(B, 1, Hkv, D), cos, sin)
+        kb, vb = kc.clone(), vc.clone()
+        kb[torch.arange(B), positions] = k[:, 0]
+        vb[torch.arange(B), positions] = v.view(B, Hkv, D)
+        # bf16: a rounding may differ (FMA in RoPE's products; the interpreter's fp32 -> bf16 conversion)
+        tol = 0 if dtype == torch.float32 else 2**-6
+        assert torch.allclose(va.float(), vb.float(), rtol=tol, atol=0)
+        # (relative to the largest value: a rotated pair's sum can cancel, where one rounding is many ulps)
+        assert float((ka.float() - kb.float()).abs().max()) <= tol * float(kb.float().abs().max())
+        mask = torch.arange(n_keys)[None, :] <= cached[:, None]
+        ref = gqa_decode(q.float(), kb[:, :n_keys].float(), vb[:, :n_keys].float(), mask)[:, 0]
+        live = [0, 2]
+        err = float((out[live].float() - ref[live]).abs().max())
+        assert err <= (1e-5 if dtype == torch.float32 else 2e-2 * float(ref.abs().max())), (dtype, split, err)
+        idle = out[1].float()  # only its new key: every head's output is that head's new value
+        want = vb[1, scratch].float().repeat_interleave(H // Hkv, 0)
+        assert float((idle - want).abs().max()) <= max(tol, 1e-6) * float(want.abs().max())
+    print("ok")
+    """
+)
+
+
+def test_decode_attention_with_the_new_key_in_the_interpreter():
+    """The decode step's fused form: RoPE, the cache write and attention from the q|k|v partials; an idle
+    row (cached 0, parked on the spare position) attends its own new key only."""
+    assert run_in_interpreter(NEW_KEY).strip().endswith("ok")

@@ -176,7 +176,7 @@ def test_gpu_ops_fall_back_to_torch_without_triton(monkeypatch):
     w, x = torch.randn(64, 256, generator=g), torch.randn(3, 256, generator=g)
     for lin in (Int8Linear.from_float(w), Int4Linear.from_float(w)):
         if isinstance(lin, Int8Linear):
-            y = quant_ops._int8_linear_op(x, lin.qweight, lin.scales)[0]
+            y = quant_ops.int8_linear_op(x, lin.qweight, lin.scales)[0]
         else:
             y = quant_ops._int4_linear_op(x, lin.qweight, lin.scales, lin.mins, lin.group_size)[0]
         assert torch.allclose(y, F.linear(x, dequantize(lin)), atol=1e-4)
