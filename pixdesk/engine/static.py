@@ -17,7 +17,7 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
-from pixdesk.model.quant_ops import linear_partials
+from pixdesk.model.quant_ops import gated_partials, linear_partials, sum_partials
 from pixdesk.model.rope import rope_tables, text_angles
 
 # The compiled step as three compiled functions called from Python: the embedding and rotation tables, one
@@ -90,7 +90,14 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
         attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
         attended = attend(*layer.project(x, cos, sin))
     h = x + layer.attention.output(attended)
-    return h, layer.feed_forward(layer.ffn_norm(h))
+    return h, _feed_forward(layer.feed_forward, layer.ffn_norm(h))
+
+
+def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
+    """FeedForward.forward with SiLU x up inside the down projection's GEMV where it has one (one row)."""
+    if not hasattr(ff, "w13"):
+        return ff(x)
+    return sum_partials(gated_partials(ff.w2, ff.w13(x[:, 0])), x.dtype)[:, None]
 
 
 def _attend_new_key(layer, x, cos, sin, kc, vc, positions, cached, n_keys: int) -> torch.Tensor:

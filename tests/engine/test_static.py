@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pixdesk.engine.cache import KVCache
@@ -35,7 +36,7 @@ def test_static_step_matches_dynamic_step(tiny):
 
 
 def test_the_step_compiled_layer_by_layer_equals_the_eager_step(tiny):
-    """LAYER_REGIONS: one compiled layer function called for every layer (traced once), every input an argument."""
+    """LAYER_REGIONS: one compiled layer function called for every layer (traced once)."""
     model = tiny.model
     kv_a, kv_b = (KVCache.for_model(model, 2, 64) for _ in range(2))
     g = torch.Generator().manual_seed(0)
@@ -94,3 +95,35 @@ def test_warm_up_runs_real_steps_and_leaves_no_traffic_behind(tiny):
         assert eng.warm_up() > 0 and eng.warmup_s is not None
         stats = eng.stats()
         assert stats["submitted"] == 0 and stats["generated_tokens"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled, captured step needs CUDA")
+@pytest.mark.parametrize("quant", ["none", "int8"])
+def test_captured_step_on_cuda_equals_the_dynamic_step(tiny_dir, quant):
+    """The CUDA step (compiled pieces, graphs, the fused RoPE + cache write + attention kernel, SiLU inside
+    the down projection's GEMV) against the per-request step in plain torch ops, with an idle slot."""
+    from pixdesk.model.quant import QuantSpec, quantize_model
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    model = load_checkpoint(tiny_dir, dtype=torch.bfloat16, device="cuda").model
+    if quant != "none":
+        quantize_model(model, QuantSpec(quant))
+    model.fuse_projections()
+    kv_a, kv_b = KVCache.for_model(model, 3, 300), KVCache.for_model(model, 3, 300)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    static = StaticDecoder(model, kv_b, bucket_size=64)
+    assert static.kernel and static.use_graphs
+    with torch.inference_mode():
+        for slot, n in ((0, 70), (2, 130)):
+            prefix = model.tok_embeddings(torch.randint(10, 2000, (n,), device="cuda", generator=g))
+            for kv in (kv_a, kv_b):
+                prefill(model, kv, slot, prefix, 0)
+        # two live slots and an idle one, then one live slot (the bucket grows past 192 keys)
+        for rows, starts in (([0, 2], [70, 130]), ([2], [133])):
+            slots, positions = torch.tensor(rows), torch.tensor(starts)
+            tokens = torch.tensor([900, 1000][: len(rows)])
+            for step in range(3 if len(rows) == 2 else 64):
+                want = decode_step(model, kv_a, slots, tokens.cuda(), positions)
+                got = static.step(slots, tokens, positions)
+                assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max()), (rows, step)
+                tokens, positions = want.argmax(-1).cpu(), positions + 1
