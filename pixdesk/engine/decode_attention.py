@@ -104,64 +104,30 @@ def _summed(ptr, offs, mask, n_parts, part_stride, DT: tl.constexpr):
 
 
 @triton.jit
-def _rotate(parts_ptr, offs, mask, n_parts, part_stride, c, s, DT: tl.constexpr):
-    """Adjacent pairs (offs, offs + 1) of a head summed from the partials and rotated (model/rope.py's
-    apply_rope: fp32, then the model's dtype) -> the two rotated halves."""
-    x0 = _summed(parts_ptr, offs, mask, n_parts, part_stride, DT)
-    x1 = _summed(parts_ptr, offs + 1, mask, n_parts, part_stride, DT)
-    return (x0 * c - x1 * s).to(DT), (x0 * s + x1 * c).to(DT)
-
-
-@triton.jit
-def _partial_new_key(qkv_ptr, n_parts, part_stride, cos_ptr, sin_ptr, k_ptr, v_ptr, pos_ptr, cached_ptr,
-                     o_ptr, m_ptr, l_ptr, n_splits, sm_scale, stride_kb, stride_kt, H: tl.constexpr,
-                     HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-                     SPLIT: tl.constexpr, BLOCK_S: tl.constexpr):  # fmt: skip
-    """`_partial` for the decode step, one row per slot, fed by the q|k|v projection's partials: q and the
-    new key rotated here, the new key and value written to the cache at the row's position by the program
-    whose slice holds it, and attended from registers (the cached keys read are [0, cached))."""
-    bh = tl.program_id(0)
-    sp = tl.program_id(1)
-    b, h = bh // HKV, bh % HKV
-    n_cached = tl.load(cached_ptr + b)
+def _rope_write(qkv_ptr, n_parts, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kb,
+                stride_kt, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):  # fmt: skip
+    """Program (b, j): head j of row b's q|k|v partials, summed and rotated (model/rope.py's apply_rope:
+    pairs (2i, 2i + 1) by angle i in fp32): query heads (j < H) into q, KV heads as the rotated key and the
+    value into the cache at the row's position (row b is slot b)."""
+    b = tl.program_id(0)
+    j = tl.program_id(1)
     DT: tl.constexpr = k_ptr.dtype.element_ty
-    D2: tl.constexpr = D // 2
-    rg, ri, rd = tl.arange(0, GP), tl.arange(0, D2), tl.arange(0, D)
-    g_ok = rg < G
-    c = tl.load(cos_ptr + b * D2 + ri)
-    s = tl.load(sin_ptr + b * D2 + ri)
+    rd = tl.arange(0, D)
+    every = rd < D
     row = b * (H + 2 * HKV) * D
-    q_off = row + (h * G + rg[:, None]) * D + 2 * ri[None, :]
-    q0, q1 = _rotate(qkv_ptr, q_off, g_ok[:, None], n_parts, part_stride, c[None, :], s[None, :], DT)
-    q = tl.reshape(tl.join(q0, q1), (GP, D))  # pairs interleaved again, as the cache holds keys
-    m_i = tl.full((GP,), float("-inf"), tl.float32)
-    l_i = tl.zeros((GP,), tl.float32)
-    acc = tl.zeros((GP, D), tl.float32)
-    kv_base = b.to(tl.int64) * stride_kb + h * D
-    start = sp * SPLIT
-    stop = tl.minimum(start + SPLIT, n_cached)
-    m_i, l_i, acc = _attend_keys(q, k_ptr, v_ptr, kv_base, stride_kt, start, stop, sm_scale, m_i, l_i, acc,
-                                 D, BLOCK_S)  # fmt: skip
-    if sp == n_cached // SPLIT:  # the new key is number n_cached of this row's keys: it falls in this slice
-        k_ok = ri < D2
-        k0, k1 = _rotate(qkv_ptr, row + (H + h) * D + 2 * ri, k_ok, n_parts, part_stride, c, s, DT)
-        v = _summed(qkv_ptr, row + (H + HKV + h) * D + rd, rd < D, n_parts, part_stride, DT)
-        dst = kv_base + tl.load(pos_ptr + b).to(tl.int64) * stride_kt
-        tl.store(k_ptr + dst + 2 * ri, k0)
-        tl.store(k_ptr + dst + 2 * ri + 1, k1)
+    c = tl.load(cos_ptr + b * (D // 2) + rd // 2)
+    s = tl.load(sin_ptr + b * (D // 2) + rd // 2)
+    x = _summed(qkv_ptr, row + j * D + rd, every, n_parts, part_stride, DT)
+    pair = _summed(qkv_ptr, row + j * D + (rd ^ 1), every, n_parts, part_stride, DT)  # the other of the pair
+    rotated = (x * c + tl.where(rd % 2 == 0, -pair, pair) * s).to(DT)
+    if j < H:
+        tl.store(q_ptr + (b * H + j) * D + rd, rotated)
+    else:
+        h = j - H
+        dst = b.to(tl.int64) * stride_kb + tl.load(pos_ptr + b).to(tl.int64) * stride_kt + h * D
+        tl.store(k_ptr + dst + rd, rotated)
+        v = _summed(qkv_ptr, row + (H + HKV + h) * D + rd, every, n_parts, part_stride, DT)
         tl.store(v_ptr + dst + rd, v.to(DT))
-        k_new = tl.reshape(tl.join(k0, k1), (D,)).to(tl.float32)
-        score = tl.sum(q.to(tl.float32) * k_new[None, :], axis=1) * sm_scale  # (GP,)
-        m_new = tl.maximum(m_i, score)
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(score - m_new)
-        l_i = l_i * alpha + p
-        acc = acc * alpha[:, None] + p.to(DT).to(tl.float32)[:, None] * v[None, :]
-        m_i = m_new
-    out = (bh * G + rg) * n_splits + sp
-    tl.store(o_ptr + out[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
-    tl.store(m_ptr + out, m_i, mask=g_ok)
-    tl.store(l_ptr + out, l_i, mask=g_ok)
 
 
 @triton.jit
@@ -245,46 +211,33 @@ def _(q, keys, values, lengths, n_keys, slots=None):
     return torch.empty_like(q)
 
 
-@torch.library.custom_op("pixdesk::decode_attention_new_key", mutates_args=("keys", "values"))
-def decode_attention_new_key(
+@torch.library.custom_op("pixdesk::rope_cache_write", mutates_args=("keys", "values"))
+def rope_cache_write(
     qkv_parts: torch.Tensor,
     cos: torch.Tensor,
     sin: torch.Tensor,
     keys: torch.Tensor,
     values: torch.Tensor,
     positions: torch.Tensor,
-    cached: torch.Tensor,
-    n_keys: int,
     n_heads: int,
 ) -> torch.Tensor:
-    """The decode step's attention from the fused q|k|v projection's K-split partials (S, B, (H + 2 Hkv) D),
-    one row per slot: RoPE with the tables cos/sin (B, D/2), the row's new key and value written to its
-    slot at positions[b], and attention over the cached keys [0, cached[b]) plus the new one. cached[b] is
-    the row's position for a live slot and 0 for an idle one (parked on the spare position: it reads no
-    cached key). The new key must fall inside the first n_keys keys. Returns (B, H, D).
+    """The decode step's one kernel between the q|k|v projection and attention, one row per slot: the
+    projection's K-split partials (S, B, (H + 2 Hkv) D) summed, q and k rotated with the tables cos/sin
+    (B, D/2), k and v written to slot b at positions[b]. Returns the rotated q (B, H, D).
 
-    Instead of Inductor's kernels for the partials' sum, RoPE and the two cache writes (~0.15 ms a step at
-    one slot on an H200: bench/results/partial-2026-12-03-h200-s7/profile-bf16-1624f1a.txt)."""
+    Instead of Inductor's three kernels for the same (~0.15 ms a step at one slot on an H200:
+    bench/results/partial-2026-12-03-h200-s7/profile-bf16-1624f1a.txt)."""
     S, B, _ = qkv_parts.shape
     Hkv, D = keys.shape[2], keys.shape[3]
-    G = n_heads // Hkv
-    split = split_keys(B * Hkv, n_keys, _sm_count(keys.device))
-    n_splits = triton.cdiv(n_keys, split)
+    q = torch.empty(B, n_heads, D, dtype=keys.dtype, device=keys.device)
     qkv_parts, cos, sin = qkv_parts.contiguous(), cos.contiguous(), sin.contiguous()
-    partial = torch.empty(B, n_heads, n_splits, D, dtype=torch.float32, device=keys.device)
-    m = torch.empty(B, n_heads, n_splits, dtype=torch.float32, device=keys.device)
-    l_sum = torch.empty_like(m)
-    out = torch.empty(B, n_heads, D, dtype=keys.dtype, device=keys.device)
-    _partial_new_key[(B * Hkv, n_splits)](
-        qkv_parts, S, qkv_parts.stride(0), cos, sin, keys, values, positions, cached, partial, m, l_sum,
-        n_splits, D**-0.5, keys.stride(0), keys.stride(1), H=n_heads, HKV=Hkv, G=G,
-        GP=max(16, triton.next_power_of_2(G)), D=D, SPLIT=split, BLOCK_S=min(BLOCK_S, split),
+    _rope_write[(B, n_heads + Hkv)](
+        qkv_parts, S, qkv_parts.stride(0), cos, sin, q, keys, values, positions, keys.stride(0),
+        keys.stride(1), H=n_heads, HKV=Hkv, D=D, num_warps=1,
     )  # fmt: skip
-    nsp = max(2, triton.next_power_of_2(n_splits))
-    _combine[(B * n_heads,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
-    return out
+    return q
 
 
-@decode_attention_new_key.register_fake
-def _(qkv_parts, cos, sin, keys, values, positions, cached, n_keys, n_heads):
+@rope_cache_write.register_fake
+def _(qkv_parts, cos, sin, keys, values, positions, n_heads):
     return keys.new_empty(qkv_parts.shape[1], n_heads, keys.shape[3])

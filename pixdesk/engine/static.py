@@ -17,7 +17,7 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
-from pixdesk.model.quant_ops import gated_partials, linear_partials, sum_partials
+from pixdesk.model.quant_ops import linear_partials
 from pixdesk.model.rope import rope_tables, text_angles
 
 # The compiled step as three compiled functions called from Python: the embedding and rotation tables, one
@@ -85,42 +85,34 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
     x = x + branch
     n_keys = key_pos.shape[0]
     if kernel and hasattr(layer.attention, "wqkv"):
-        attended = _attend_new_key(layer, x, cos, sin, kc, vc, positions, reads, n_keys)
+        attended = _rope_then_attend(layer, x, cos, sin, kc, vc, positions, reads, n_keys)
     else:
         attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
         attended = attend(*layer.project(x, cos, sin))
     h = x + layer.attention.output(attended)
-    return h, _feed_forward(layer.feed_forward, layer.ffn_norm(h))
+    return h, layer.feed_forward(layer.ffn_norm(h))
 
 
-def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
-    """FeedForward.forward with SiLU x up inside the down projection's GEMV where it has one (one row)."""
-    if not hasattr(ff, "w13"):
-        return ff(x)
-    return sum_partials(gated_partials(ff.w2, ff.w13(x[:, 0])), x.dtype)[:, None]
-
-
-def _attend_new_key(layer, x, cos, sin, kc, vc, positions, cached, n_keys: int) -> torch.Tensor:
-    """Norm and q|k|v projection, then one kernel for its partials' sum, RoPE, the cache write and attention
-    (decode_attention.decode_attention_new_key); `cached` is the keys each slot reads from the cache."""
+def _rope_then_attend(layer, x, cos, sin, kc, vc, positions, lengths, n_keys: int) -> torch.Tensor:
+    """Norm and q|k|v projection, one kernel for its partials' sum, RoPE and the cache write
+    (decode_attention.rope_cache_write), then the decode-attention kernel over `lengths` keys a slot."""
     a, B = layer.attention, x.shape[0]
     parts = linear_partials(a.wqkv, layer.attention_norm(x)[:, 0])  # (S, B, (H + 2 Hkv) D)
-    out = torch.ops.pixdesk.decode_attention_new_key(
-        parts, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions, cached, n_keys, a.n_heads
-    )
-    return out[:, None]  # (B, 1, H, D)
+    q = torch.ops.pixdesk.rope_cache_write(parts, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions,
+                                           a.n_heads)  # fmt: skip
+    return torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)[:, None]  # (B, 1, H, D)
 
 
 def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool,
               scratch: int):  # fmt: skip
     """The step's inputs -> embeddings, a zero first branch, the rotation tables and the attention reads:
-    for the kernel the cached keys each slot reads (its position; none for an idle slot parked on the spare
+    for the kernel the keys each slot reads (up to its position; one for an idle slot parked on the spare
     position `scratch`), else the matmul form's mask."""
     t = model.args.text
     h = model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
     cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
     if kernel:
-        reads = torch.where(positions == scratch, 0, positions)
+        reads = torch.where(positions == scratch, 1, positions + 1)
     else:
         reads = key_pos[None, :] <= positions[:, None]
     return h, torch.zeros_like(h), cos, sin, reads

@@ -29,16 +29,15 @@ GEMV_SHAPES: frozenset[tuple[int, int]] = frozenset()
 
 
 @torch.library.custom_op("pixdesk::dense_gemv", mutates_args=())
-def dense_gemv_op(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> torch.Tensor:
-    """x (1, K) bf16 @ weight (N, K).T -> partials (S, 1, N), fp32 when S > 1. gated: x is gate|up (1, 2K)
-    and the product's input silu(gate) * up."""
+def dense_gemv_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (1, K) bf16 @ weight (N, K).T -> partials (S, 1, N), fp32 when S > 1."""
     from pixdesk.model import dense_triton
 
-    return dense_triton.gemv(x, weight, gated)
+    return dense_triton.gemv(x, weight)
 
 
 @dense_gemv_op.register_fake
-def _(x, weight, gated=False):
+def _(x, weight):
     from pixdesk.model import dense_triton, quant_triton
 
     S = dense_triton.splits(weight.shape[0], weight.shape[1], x.device)
@@ -70,14 +69,6 @@ class DecodeLinear(nn.Linear):
         if self.bias is None and takes_gemv(x, self.weight):
             return dense_gemv_op(x.contiguous(), self.weight)
         return F.linear(x, self.weight, self.bias)[None]
-
-    def gated_partials(self, gate_up: torch.Tensor) -> torch.Tensor | None:
-        """gate|up (1, 2K) -> partials of this linear at silu(gate) * up, in one GEMV; None where the GEMV
-        does not take it (quant_ops.gated_partials then runs the eager ops)."""
-        half = gate_up[:, : self.in_features]
-        if self.bias is None and gate_up.shape[1] == 2 * self.in_features and takes_gemv(half, self.weight):
-            return dense_gemv_op(gate_up.contiguous(), self.weight, True)
-        return None
 
 
 def use_decode_gemv(model: nn.Module, names: list[str]) -> None:

@@ -7,7 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import _INTERPRET, _bench, _configs, _input, k_splits, partials_dtype
+from pixdesk.model.quant_triton import _INTERPRET, _bench, _configs, k_splits, partials_dtype
 
 BLOCK_N = 16  # output channels a program; fixed, because it sets how many programs there are to split K for
 SPLIT_ALIGN = 512  # each K slice starts at a multiple of 1 KiB of a row
@@ -23,8 +23,7 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(configs=_CONFIGS, key=["N", "K"], cache_results=True, do_bench=_bench,
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-          GATED: tl.constexpr = False):  # fmt: skip
+def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Program (n, s): outputs [n * BLOCK_N, +BLOCK_N) over K in [s * SPLIT_K, +SPLIT_K) -> row s of y."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
@@ -36,8 +35,8 @@ def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl
         rk = k_lo + k0 + rk0
         k_ok = rk < k_hi
         w = tl.load(w_ptr + rn[:, None] * K + rk[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        x = _input(x_ptr, rk, k_ok, K, GATED)
-        acc += w.to(tl.float32) * x[None, :]
+        x = tl.load(x_ptr + rk, mask=k_ok, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     out = tl.sum(acc, axis=1)
     tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
@@ -46,15 +45,15 @@ def splits(N: int, K: int, device: torch.device) -> int:
     return k_splits(triton.cdiv(N, BLOCK_N), K // SPLIT_ALIGN, device)
 
 
-def gemv(x: torch.Tensor, weight: torch.Tensor, gated: bool = False) -> torch.Tensor:
-    """x (1, K) @ weight (N, K).T -> partial sums (S, 1, N) (fp32 when S > 1, else x's dtype).
-    gated: x is gate|up (1, 2K) and the input silu(gate) * up (quant_triton._input)."""
-    M, N, K = x.shape[0], weight.shape[0], weight.shape[1]
-    if M != 1 or K % 8 or x.shape[1] != K * (2 if gated else 1):
-        shapes = f"{tuple(x.shape)} @ {tuple(weight.shape)}"
-        raise ValueError(f"the dense GEMV takes one row and K a multiple of 8, got {shapes} (gated: {gated})")
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (1, K) @ weight (N, K).T -> partial sums (S, 1, N) (fp32 when S > 1, else x's dtype)."""
+    M, K = x.shape
+    N = weight.shape[0]
+    if M != 1 or K % 8 or weight.shape[1] != K:
+        shape = tuple(weight.shape)
+        raise ValueError(f"the dense GEMV takes one row and K a multiple of 8, got {M} x {K} @ {shape}")
     S = splits(N, K, x.device)
     y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     split_k = triton.cdiv(triton.cdiv(K, S), SPLIT_ALIGN) * SPLIT_ALIGN
-    _gemv[(triton.cdiv(N, BLOCK_N), S)](x, weight, y, N, K, split_k, GATED=gated)
+    _gemv[(triton.cdiv(N, BLOCK_N), S)](x, weight, y, N, K, split_k)
     return y

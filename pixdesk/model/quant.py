@@ -114,12 +114,6 @@ class Int8Linear(nn.Module):
             return quant_ops.int8_linear_op(x.contiguous(), self.qweight, self.scales)
         return self(x)[None]
 
-    def gated_partials(self, gate_up: torch.Tensor) -> torch.Tensor | None:
-        """gate|up (1, 2K) -> partials at silu(gate) * up in one GEMV on CUDA (quant_ops.gated_partials)."""
-        if gate_up.is_cuda and gate_up.shape == (1, 2 * self.in_features) and self.in_features % 8 == 0:
-            return quant_ops.int8_linear_op(gate_up.contiguous(), self.qweight, self.scales, True)
-        return None
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 

@@ -80,24 +80,18 @@ def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> to
 
 
 @torch.library.custom_op("pixdesk::int8_linear", mutates_args=())
-def int8_linear_op(
-    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, gated: bool = False
-) -> torch.Tensor:
-    """-> partials (S, M, N) whose sum over S is the product (one-row decode splits K, else S = 1).
-    gated (one row, CUDA): x is gate|up (1, 2K) and the product's input silu(gate) * up."""
+def int8_linear_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """-> partials (S, M, N) whose sum over S is the product (one-row decode splits K, else S = 1)."""
     kernels = _kernels()
     if x.shape[0] <= DECODE_ROWS and kernels is not None:
-        return kernels[0].int8_gemv(x, qweight, scales, gated)
-    if gated:
-        gate, up = x.chunk(2, dim=-1)
-        x = F.silu(gate) * up
+        return kernels[0].int8_gemv(x, qweight, scales)
     out = F.linear(x, qweight.to(x.dtype))  # (M, N): scale per output channel applies after the product
     return (out.float() * scales).to(x.dtype).unsqueeze(0)
 
 
 @int8_linear_op.register_fake
-def _(x, qweight, scales, gated=False):
-    kernels, M, (N, K) = _kernels(), x.shape[0], qweight.shape
+def _(x, qweight, scales):
+    kernels, (M, K), N = _kernels(), x.shape, qweight.shape[0]
     if kernels is None or M > DECODE_ROWS:
         return x.new_empty(1, M, N)
     S = kernels[0].int8_splits(N, K, M, x.device)
@@ -114,18 +108,6 @@ def linear_partials(linear, x: torch.Tensor) -> torch.Tensor:
     partials of the decode kernels where the module has them (`partials`), else its output as one."""
     partials = getattr(linear, "partials", None)
     return partials(x) if partials is not None else linear(x)[None]
-
-
-def gated_partials(linear, gate_up: torch.Tensor) -> torch.Tensor:
-    """gate|up (M, 2K) -> (S, M, N) partials of linear(silu(gate) * up): one kernel at one row where the
-    module has a gated GEMV (`gated_partials`, the activation computed as the GEMV reads its input), else
-    the eager ops."""
-    gated = getattr(linear, "gated_partials", None)
-    out = gated(gate_up) if gated is not None and gate_up.shape[0] == 1 else None
-    if out is not None:
-        return out
-    gate, up = gate_up.chunk(2, dim=-1)
-    return linear_partials(linear, F.silu(gate) * up)
 
 
 def int8_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:

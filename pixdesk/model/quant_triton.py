@@ -73,19 +73,6 @@ def _byte_values(word, i: tl.constexpr):
     return (((word >> (8 * i)) & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
 
 
-@triton.jit
-def _input(x_ptr, offs, mask, K, GATED: tl.constexpr):
-    """A one-row GEMV's input at offs, in fp32. GATED: x holds a feed-forward's gate|up (2K values) and the
-    input is silu(gate) * up, rounded as the eager ops round (each op's result in x's dtype)."""
-    if GATED:
-        dt = x_ptr.dtype.element_ty
-        gate = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        up = tl.load(x_ptr + K + offs, mask=mask, other=0.0).to(tl.float32)
-        act = (gate * tl.sigmoid(gate)).to(dt).to(tl.float32)
-        return (act * up).to(dt).to(tl.float32)
-    return tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-
-
 _INT8_ONE_ROW = _configs((16,), (512, 1024), warps=(4, 8), stages=(3, 4))  # BLOCK_N fixed: it sets the split
 _INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
 
@@ -93,7 +80,7 @@ _INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
 @triton.autotune(**_tune(_INT8_ONE_ROW, _INT8_ROWS))
 @triton.jit
 def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr, GATED: tl.constexpr = False):  # fmt: skip
+               BLOCK_K: tl.constexpr):  # fmt: skip
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     if MB == 1:
@@ -110,7 +97,7 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
             w_ok = rw < w_hi
             word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
             for i in tl.static_range(4):
-                xi = _input(x_ptr, 4 * rw + i, w_ok, K, GATED)
+                xi = tl.load(x_ptr + 4 * rw + i, mask=w_ok, other=0.0).to(tl.float32)
                 acc += _byte_values(word, i) * xi[None, :]
         s = tl.load(s_ptr + rn, mask=n_ok, other=0.0)
         out = (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty)
@@ -172,18 +159,15 @@ def int8_splits(N: int, K: int, rows: int, device: torch.device) -> int:
     return k_splits(triton.cdiv(N, INT8_ONE_ROW_BLOCK_N), K // 4 // SPLIT_ALIGN_WORDS, device)
 
 
-def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, gated: bool = False
-              ) -> torch.Tensor:  # fmt: skip
-    """x (M <= 16, K) contiguous @ (q * s).T -> partial sums (S, M, N) (fp32 when S > 1, else x's dtype).
-    gated: x is one row of gate|up (1, 2K) and the input silu(gate) * up (see `_input`)."""
-    M, K = x.shape[0], qweight.shape[1]
+def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (M <= 16, K) contiguous @ (q * s).T -> partial sums (S, M, N) (fp32 when S > 1, else x's dtype)."""
+    M, K = x.shape
     N = qweight.shape[0]
-    if M > 16 or K % 8 or x.shape[1] != K * (2 if gated else 1) or (gated and M != 1):
-        raise ValueError(f"the GEMV kernels take at most 16 rows (one if gated) and K a multiple of 8, got "
-                         f"{tuple(x.shape)} @ {tuple(qweight.shape)}")  # fmt: skip
+    if M > 16 or K % 8:
+        raise ValueError(f"the GEMV kernels take at most 16 rows and K a multiple of 8, got {M} x {K}")
     S = int8_splits(N, K, M, x.device)
     y = torch.empty(S, M, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     words = triton.cdiv(triton.cdiv(K // 4, S), SPLIT_ALIGN_WORDS) * SPLIT_ALIGN_WORDS
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), S)  # noqa: E731
-    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16, GATED=gated)
+    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16)
     return y

@@ -100,8 +100,8 @@ def test_warm_up_runs_real_steps_and_leaves_no_traffic_behind(tiny):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the compiled, captured step needs CUDA")
 @pytest.mark.parametrize("quant", ["none", "int8"])
 def test_captured_step_on_cuda_equals_the_dynamic_step(tiny_dir, quant):
-    """The CUDA step (compiled pieces, graphs, the fused RoPE + cache write + attention kernel, SiLU inside
-    the down projection's GEMV) against the per-request step in plain torch ops, with an idle slot."""
+    """The CUDA step (compiled pieces, graphs, the RoPE + cache-write kernel, decode attention) against the
+    per-request step in plain torch ops, with an idle slot."""
     from pixdesk.model.quant import QuantSpec, quantize_model
     from pixdesk.weights.checkpoint import load_checkpoint
 
