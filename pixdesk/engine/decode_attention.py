@@ -5,12 +5,19 @@ Why a kernel: the matmul form needs K as (B, Hkv, D, S), which this layout gives
 layer and step (measured on an H200 at the 4,352-key bucket: 0.65 ms per step for 1 slot, 4.9 ms for 8,
 about 1.1 TB/s; bench/kernels.py). Here each program reads a 256-key slice of one slot's KV head once and
 serves that head's G = H / Hkv query heads with two tensor-core products; a second small kernel merges
-the slices' partial softmaxes. Keys at or past a slot's length are skipped, so idle slots cost nothing.
+the slices' partial softmaxes. Keys at or past a row's length are skipped; the static step gives an idle
+slot (parked on the cache's spare position) a length of one key.
 
 The slice length follows the grid (`split_keys`): one slot at the 4,352-key bucket is only 8 KV heads, so
 256-key slices gave 136 programs, about one per SM, each reading its 256 keys in four dependent steps
 (0.52 ms for 40 layers, 1.4 TB/s). Shorter slices put several programs on every SM. (Merging inside the
 split kernel, the last program of a head through an atomic count, measured slower: 0.72 ms, b1 -2%.)
+
+Before attention, the static step runs `rope_cache_write`: one small kernel that sums the q|k|v projection's
+K-split partials, rotates q and k and writes k and v into the cache, where Inductor ran three (session 7 on
+an H200: graph replay 6.638 -> 6.532 ms, b1 148.2 -> 150.2 tok/s). Doing that work inside the split kernel
+instead (every program rotating its q, the owner of the new key's slice writing it and attending it from
+registers) measured slower: 0.52 ms for 40 layers against 0.33 (bench/results/partial-2026-12-03-h200-s7).
 """
 
 from __future__ import annotations
@@ -191,11 +198,11 @@ def warm_variants(keys: torch.Tensor, values: torch.Tensor, n_heads: int, rows: 
                   row_slots: bool) -> int:  # fmt: skip
     """Launch the kernels once per key bucket for `rows` rows, one key a row, on a layer's cache tensors.
 
-    Each bucket can give the kernels other compile-time constants (the slice length, the merge width) or
-    another specialization of the split count, and Triton compiles a kernel on its first launch with them:
-    ~0.25 s each. Left to the first capture of a bucket, that lands on a request; the first follow-up
-    question after a cold image prompt took 528 ms on an H200 instead of 13. Done here at warm-up, each
-    variant is compiled once or loaded from Triton's cache. Only the keys' first position is read and the
+    A bucket can give the kernels another slice length or merge width (compile-time constants), and Triton
+    compiles a kernel on its first launch with them: ~0.25 s each. Left to the first capture of a bucket,
+    that lands on a request: the first follow-up question after a cold image prompt took 528 ms on an H200
+    instead of 13 (75.6 ms with this warm-up, session 7). Done here, each variant is compiled once or loaded
+    from Triton's cache. Only the keys' first position is read and the
     outputs are dropped. Returns the number of launches."""
     dev = keys.device
     q = torch.zeros(rows, n_heads, keys.shape[-1], dtype=keys.dtype, device=dev)
