@@ -39,8 +39,10 @@ def stage_ready(args, save) -> None:
     cache = Path(args.scratch) / "compile-cache"
     # READY_VARIANTS=no_prewarm,reserve adds warm children with one change each (VARIANTS says which).
     # READY_LOAD_ONLY=1: children stop after the load (a quick A/B of the load alone).
+    # A third start ("warm_again"): in session 7 the second start paid ~6.5 s that the third did not; the
+    # caches' file counts after each child say what the second one still wrote.
     extra = [v for v in os.environ.get("READY_VARIANTS", "").split(",") if v]
-    for label in ("cold", "warm", *extra):
+    for label in ("cold", "warm", "warm_again", *extra):
         cmd = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--stage", "ready-child", "--model", str(ckpt_dir)]
         t0 = time.perf_counter()
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
@@ -51,7 +53,20 @@ def stage_ready(args, save) -> None:
         if child:  # ready = spawn -> loaded, compiled, captured: when the daemon would answer
             res[f"ready_{label}_s"] = child["imports_s"] + child["load_s"] + child["engine_start_s"]
         res[f"child_{label}"] = child or {"rc": proc.returncode, "stderr": proc.stderr[-3000:]}
+        res[f"caches_after_{label}"] = _cache_census([cache, Path.home() / ".triton" / "cache"])
         save(args, "ready", res)  # after each child: a run cut short keeps what it measured
+
+
+def _cache_census(dirs: list[Path]) -> dict:
+    """Files and bytes under each cache dir, and under each of its top-level folders."""
+    out = {}
+    for d in dirs:
+        if not d.exists():
+            continue
+        for top in [d, *sorted(p for p in d.iterdir() if p.is_dir())]:
+            files = [f for f in top.rglob("*") if f.is_file()]
+            out[str(top)] = {"files": len(files), "bytes": sum(f.stat().st_size for f in files)}
+    return out
 
 
 def _warm_page_cache(path: Path) -> float:
