@@ -98,6 +98,7 @@ def merge(d: Path) -> Path:
         "bf16": {
             "decode_tok_s_b1": bf16.get("decode_tok_s_b1"),
             "decode_tok_s_b8": bf16.get("decode_tok_s_b8"),
+            "decode_tok_s_b1_in_8_slots": bf16.get("decode_tok_s_b1_in_8_slots"),  # a lone request, 7 idle slots
             "ttft_cold_ms": bf16.get("ttft_cold_ms"),
             "ttft_cold_ms_default_chunk": bf16.get("ttft_cold_ms_default_chunk"),  # the daemon's 512-token chunks
             "ttft_warm_ms": bf16.get("ttft_warm_ms"),
