@@ -51,8 +51,8 @@ class StaticView:
     def __init__(self, cache: KVCache, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool = False):
         self.cache, self.positions, self.bucket, self.kernel = cache, positions, key_pos.shape[0], kernel
         self.rows = torch.arange(cache.n_slots, device=positions.device)
-        if kernel:  # keys each slot reads; an idle slot (on the spare position) reads one
-            self.lengths = torch.where(positions == cache.scratch_position, 1, positions + 1)  # (n_slots,)
+        if kernel:
+            self.lengths = read_lengths(positions, cache.scratch_position)  # (n_slots,)
         else:
             self.mask = key_pos[None, :] <= positions[:, None]  # (n_slots, bucket)
 
@@ -60,6 +60,12 @@ class StaticView:
         kc, vc = self.cache.k[layer], self.cache.v[layer]
         reads = self.lengths if self.kernel else self.mask
         return attend_slots(kc, vc, self.rows, self.positions, reads, self.bucket, self.kernel, q, k, v)
+
+
+def read_lengths(positions: torch.Tensor, scratch: int) -> torch.Tensor:
+    """Keys each slot's query reads in the kernel: up to its position, or one for an idle slot parked on the
+    spare position `scratch` (reading the whole bucket there cost a full slot's attention per idle slot)."""
+    return torch.where(positions == scratch, 1, positions + 1)
 
 
 def attend_slots(kc, vc, rows, positions, reads, n_keys: int, kernel: bool, q, k, v) -> torch.Tensor:
@@ -111,10 +117,7 @@ def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: tor
     t = model.args.text
     h = model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
     cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
-    if kernel:
-        reads = torch.where(positions == scratch, 1, positions + 1)
-    else:
-        reads = key_pos[None, :] <= positions[:, None]
+    reads = read_lengths(positions, scratch) if kernel else key_pos[None, :] <= positions[:, None]
     return h, torch.zeros_like(h), cos, sin, reads
 
 
