@@ -46,35 +46,6 @@ def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
     return SPLITS[0]
 
 
-@triton.jit
-def _attend_keys(q, k_ptr, v_ptr, kv_base, stride_kt, start, stop, sm_scale, m_i, l_i, acc, D: tl.constexpr,
-                 BLOCK_S: tl.constexpr):  # fmt: skip
-    """Online softmax of q (GP, D) over the cached keys [start, stop) of one slot's KV head -> (m, l, acc)."""
-    rd = tl.arange(0, D)
-    for s0 in range(start, stop, BLOCK_S):
-        rs = s0 + tl.arange(0, BLOCK_S)
-        s_ok = rs < stop
-        off = kv_base + rs[:, None] * stride_kt + rd[None, :]
-        k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0)  # (BLOCK_S, D)
-        if _DOT_F32:
-            scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-        else:
-            scores = tl.dot(q, tl.trans(k))  # (GP, BLOCK_S) fp32
-        scores = tl.where(s_ok[None, :], scores * sm_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        p = tl.exp(scores - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0)
-        if _DOT_F32:
-            pv = tl.dot(p, v.to(tl.float32))
-        else:
-            pv = tl.dot(p.to(v.dtype), v)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
-    return m_i, l_i, acc
-
-
 # The key count and split count are runtime values Triton would otherwise specialize on (divisibility by 16),
 # and the merge width a power of two of at least MIN_MERGE: each key bucket then reuses the same few compiled
 # variants. At engine start (warm-up of every bucket, warm caches) loading ~60 variants took 2.76 s of the
@@ -100,8 +71,27 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
     kv_base = slot.to(tl.int64) * stride_kb + h * D
     start = sp * SPLIT
     stop = tl.minimum(start + SPLIT, length)
-    m_i, l_i, acc = _attend_keys(q, k_ptr, v_ptr, kv_base, stride_kt, start, stop, sm_scale, m_i, l_i, acc,
-                                 D, BLOCK_S)  # fmt: skip
+    for s0 in range(start, stop, BLOCK_S):
+        rs = s0 + tl.arange(0, BLOCK_S)
+        s_ok = rs < stop
+        off = kv_base + rs[:, None] * stride_kt + rd[None, :]
+        k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0)  # (BLOCK_S, D)
+        if _DOT_F32:
+            scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+        else:
+            scores = tl.dot(q, tl.trans(k))  # (GP, BLOCK_S) fp32
+        scores = tl.where(s_ok[None, :], scores * sm_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0)
+        if _DOT_F32:
+            pv = tl.dot(p, v.to(tl.float32))
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
     row = (bh * G + rg) * n_splits + sp  # partials laid out (B, H, splits[, D])
     tl.store(o_ptr + row[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
     tl.store(m_ptr + row, m_i, mask=g_ok)
