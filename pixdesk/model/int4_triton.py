@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import _INTERPRET, _bench, _dot_t, k_splits, partials_dtype
+from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, _dot_t, k_splits, partials_dtype
 
 
 @triton.jit
@@ -50,9 +50,6 @@ def _nibble_f(word, hi, i: tl.constexpr):
         src = hi
     bits = _and_or(src, 0xF << SHIFT)
     return bits.to(tl.float32, bitcast=True) - 8388608.0
-
-
-_ASM = tl.constexpr(not _INTERPRET)
 
 
 @triton.jit

@@ -5,7 +5,8 @@ Decode reads every weight byte once per step, so the kernels are built around th
 BLOCK_N output channels (rows of the weight, contiguous in memory) and walks K, reading the weights as int32
 words and turning bytes into floats with integer ops (see `_byte_values`); the few input rows (x) are reread
 from L1/L2. One row with FMAs, 2..16 rows with `tl.dot` on a 16-row tile.
-Measured on an H200 (bench/kernels.py): the 161 linears of Pixtral-12B take 3.80 ms at one row.
+Measured on an H200 (bench/kernels.py): the 161 linears of Pixtral-12B took 3.54 ms at one row with the
+shift-and-mask byte conversion (5.2 instructions a weight, bench/sass.py); now 4.2 (session 8, not yet timed).
 Block sizes are autotuned per (N, K, rows) and the timings kept in Triton's cache.
 """
 
@@ -65,12 +66,37 @@ def _configs(block_ns, block_ks, warps=(4,), stages=(3,)) -> list:
     ]  # fmt: skip
 
 
+_ASM = tl.constexpr(not _INTERPRET)  # inline PTX on the GPU; plain integer ops under the interpreter
+
+
 @triton.jit
-def _byte_values(word, i: tl.constexpr):
-    """Byte i of int32 words holding int8 weights -> fp32, with integer ops and one add: (byte ^ 0x80) sits in
-    the mantissa of 2^23 (0x4B000000), so the bits read as 2^23 + 128 + q; int-to-float conversions run at
-    a quarter of the FMA rate and would bound the kernel below the memory bandwidth."""
-    return (((word >> (8 * i)) & 0xFF) ^ 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+def _int8_floats(word):
+    """int32 words of four int8 weights -> four fp32 tensors 2^23 + 128 + q (subtract 8388736.0 for q), in
+    1.25 instructions a weight: one XOR with 0x80808080 a word (each byte becomes q + 128, unsigned), then
+    per byte one PRMT that places it under 2^23's exponent (bits 0x4B0000bb). Triton's own int8 -> fp32 is
+    an I2F, which runs at a quarter of the FMA rate and bounded the kernel below the memory bandwidth."""
+    if _ASM:
+        # prmt.b32 d, a, b, sel: byte j of d = byte sel[j] of {b, a} (a: 0-3, b: 4-7); sel 0x754i puts a's
+        # byte i lowest, then b's bytes 4, 5 (zero) and 7 (0x4B).
+        f0, f1, f2, f3 = tl.inline_asm_elementwise(
+            """{
+            .reg .b32 f, m;
+            xor.b32 f, $4, 0x80808080;
+            mov.b32 m, 0x4B000000;
+            prmt.b32 $0, f, m, 0x7540;
+            prmt.b32 $1, f, m, 0x7541;
+            prmt.b32 $2, f, m, 0x7542;
+            prmt.b32 $3, f, m, 0x7543;
+            }""",
+            "=r,=r,=r,=r,r", [word], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        f0 = ((word + 128) & 0xFF) | 0x4B000000
+        f1 = (((word >> 8) + 128) & 0xFF) | 0x4B000000
+        f2 = (((word >> 16) + 128) & 0xFF) | 0x4B000000
+        f3 = (((word >> 24) + 128) & 0xFF) | 0x4B000000
+    return (f0.to(tl.float32, bitcast=True), f1.to(tl.float32, bitcast=True), f2.to(tl.float32, bitcast=True),
+            f3.to(tl.float32, bitcast=True))  # fmt: skip
 
 
 _INT8_ONE_ROW = _configs((16,), (512, 1024), warps=(4, 8), stages=(3, 4))  # BLOCK_N fixed: it sets the split
@@ -84,21 +110,30 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     if MB == 1:
-        # Weights read as int32 words (4 per word); products accumulate elementwise, one reduction at the end.
-        # This program takes words [w_lo, w_hi) of each row (the K split) and writes partial sums.
+        # Weights read as int32 words (4 per word, 4 words a thread: 128-bit loads), each word turned into
+        # four floats (_int8_floats) and multiplied into one accumulator per word with four FMAs. This
+        # program takes words [w_lo, w_hi) of each row (the K split) and writes partial sums.
         KW = K // 4
         w_lo = tl.program_id(1) * SPLIT_WORDS
         w_hi = tl.minimum(w_lo + SPLIT_WORDS, KW)
         w32 = w_ptr.to(tl.pointer_type(tl.int32))
-        rw0 = tl.arange(0, BLOCK_K // 4)
+        rw0, rk0 = tl.arange(0, BLOCK_K // 4), tl.arange(0, BLOCK_K)
         acc = tl.zeros((BLOCK_N, BLOCK_K // 4), tl.float32)
         for w0 in range(0, SPLIT_WORDS, BLOCK_K // 4):  # from 0: Triton's interpreter wants plain bounds
             rw = w_lo + w0 + rw0
             w_ok = rw < w_hi
             word = tl.load(w32 + rn[:, None] * KW + rw[None, :], mask=n_ok[:, None] & w_ok[None, :], other=0)
-            for i in tl.static_range(4):
-                xi = tl.load(x_ptr + 4 * rw + i, mask=w_ok, other=0.0).to(tl.float32)
-                acc += _byte_values(word, i) * xi[None, :]
+            rk = 4 * (w_lo + w0) + rk0
+            x = tl.load(x_ptr + rk, mask=rk < 4 * w_hi, other=0.0).to(tl.float32)
+            # tl.split takes the last dimension: x[4w + 2a + b] -> (b = 0, b = 1) -> (a = 0, a = 1)
+            x_even, x_odd = tl.split(tl.reshape(x, (BLOCK_K // 4, 2, 2)))
+            x0, x2 = tl.split(x_even)
+            x1, x3 = tl.split(x_odd)
+            f0, f1, f2, f3 = _int8_floats(word)
+            acc += (f0 - 8388736.0) * x0[None, :]
+            acc += (f1 - 8388736.0) * x1[None, :]
+            acc += (f2 - 8388736.0) * x2[None, :]
+            acc += (f3 - 8388736.0) * x3[None, :]
         s = tl.load(s_ptr + rn, mask=n_ok, other=0.0)
         out = (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty)
         tl.store(y_ptr + tl.program_id(1) * N + rn, out, mask=n_ok)

@@ -1,5 +1,6 @@
-"""The int4 decode GEMV's machine code, compiled for sm_90 without a GPU (bench/sass.py): the properties its
-speed rests on, found by reading the SASS in session 5 (bench/NOTES.md), kept from regressing."""
+"""The int4 and int8 decode GEMVs' machine code, compiled for sm_90 without a GPU (bench/sass.py): the
+properties their speed rests on, found by reading the SASS (bench/NOTES.md, sessions 5 and 8), kept from
+regressing."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def test_int4_rows_loop_multiplies_on_the_tensor_cores_with_pipelined_loads(tmp_
     ops = Counter(op.split(".")[0] for _, op in loop)
     assert ops["HMMA"] >= 1 and ops["LDGSTS"] >= 1
     assert len(loop) / weights < 9  # ~7 (the FMA kernel it replaced: ~22 at 8 rows)
+
+
+def test_int8_one_row_loop_turns_a_byte_into_a_float_with_one_prmt(tmp_path):
+    loop, weights = _loop("int8 one row", tmp_path)
+    ops = Counter(op.split(".")[0] for _, op in loop)
+    assert ops["LDG"] >= 1 and "I2F" not in ops  # no int-to-float conversions (a quarter of the FMA rate)
+    assert ops["PRMT"] <= 1.1 * weights and ops["LOP3"] <= 0.3 * weights  # one PRMT a byte, one XOR a word
+    assert len(loop) / weights < 4.6  # 4.2 (the shift-and-mask form: 5.2)
