@@ -42,8 +42,9 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
     "int8 one row": (
         quant_triton._int8_gemv.fn,
         {"x_ptr": "*bf16", "w_ptr": "*i8", "s_ptr": "*fp32", "y_ptr": "*bf16", "M": "i32", "N": "i32",
-         "K": "i32", "SPLIT_WORDS": "i32", "MB": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
-        {"MB": 1, "BLOCK_N": 16, "BLOCK_K": 512}, ("N", "K", "SPLIT_WORDS"), 16 * 512 // 128, 4,
+         "K": "i32", "SPLIT_WORDS": "i32", "MB": "constexpr", "GATED": "constexpr", "BLOCK_N": "constexpr",
+         "BLOCK_K": "constexpr"},
+        {"MB": 1, "GATED": False, "BLOCK_N": 16, "BLOCK_K": 512}, ("N", "K", "SPLIT_WORDS"), 16 * 512 // 128, 4,
     ),
 }  # fmt: skip
 LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")

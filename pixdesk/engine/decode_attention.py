@@ -76,6 +76,7 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
         s_ok = rs < stop
         off = kv_base + rs[:, None] * stride_kt + rd[None, :]
         k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0)  # (BLOCK_S, D)
+        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0)  # issued with k: most programs do one step
         if _DOT_F32:
             scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
         else:
@@ -85,7 +86,6 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0)
         if _DOT_F32:
             pv = tl.dot(p, v.to(tl.float32))
         else:

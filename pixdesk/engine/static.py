@@ -17,7 +17,7 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.model.layers import gqa_decode
-from pixdesk.model.quant_ops import linear_partials
+from pixdesk.model.quant_ops import linear_partials, sum_partials
 from pixdesk.model.rope import rope_tables, text_angles
 
 # The compiled step as three compiled functions called from Python: the embedding and rotation tables, one
@@ -84,11 +84,11 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
     graph serves all layers (LAYER_REGIONS).
 
     The layer's last residual add is deferred to the next call: it takes the previous layer's residual
-    stream and feed-forward branch and returns its own pair. The region thus ends at the down projection's
-    output, a GEMM result in memory anyway, and the add still fuses into the next layer's RMSNorm: the same
-    kernels as the step compiled whole.
+    stream and feed-forward branch and returns its own pair, the branch as the down projection's K-split
+    partials (S, n_slots, dim). The region thus ends at the down projection's output, and the partials'
+    sum and the add fuse into the next layer's RMSNorm (one kernel instead of a sum kernel and the norm).
     """
-    x = x + branch
+    x = x + sum_partials(branch, x.dtype)[:, None]
     n_keys = key_pos.shape[0]
     if kernel and hasattr(layer.attention, "wqkv"):
         attended = _rope_then_attend(layer, x, cos, sin, kc, vc, positions, reads, n_keys)
@@ -96,7 +96,8 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
         attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
         attended = attend(*layer.project(x, cos, sin))
     h = x + layer.attention.output(attended)
-    return h, layer.feed_forward(layer.ffn_norm(h))
+    ff = layer.feed_forward
+    return h, linear_partials(ff.w2, ff.hidden(layer.ffn_norm(h)[:, 0]))
 
 
 def _rope_then_attend(layer, x, cos, sin, kc, vc, positions, lengths, n_keys: int) -> torch.Tensor:
@@ -111,19 +112,19 @@ def _rope_then_attend(layer, x, cos, sin, kc, vc, positions, lengths, n_keys: in
 
 def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool,
               scratch: int):  # fmt: skip
-    """The step's inputs -> embeddings, a zero first branch, the rotation tables and the attention reads:
-    for the kernel the keys each slot reads (up to its position; one for an idle slot parked on the spare
-    position `scratch`), else the matmul form's mask."""
+    """The step's inputs -> embeddings, the rotation tables and the attention reads: for the kernel the keys
+    each slot reads (up to its position; one for an idle slot parked on the spare position `scratch`), else
+    the matmul form's mask."""
     t = model.args.text
     h = model.tok_embeddings(tokens[:, None])  # (n_slots, 1, dim); generated ids are plain text
     cos, sin = rope_tables(text_angles(positions[:, None], t.head_dim, t.rope_theta))
     reads = read_lengths(positions, scratch) if kernel else key_pos[None, :] <= positions[:, None]
-    return h, torch.zeros_like(h), cos, sin, reads
+    return h, cos, sin, reads
 
 
 def _head(model, h: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
     """The last layer's pending residual add, the final norm and the LM head -> fp32 logits (n_slots, V)."""
-    return model.logits(model.norm(h + branch)[:, 0])
+    return model.logits(model.norm(h + sum_partials(branch, h.dtype)[:, None])[:, 0])
 
 
 @functools.cache
@@ -195,6 +196,7 @@ class StaticDecoder:
         self._slot_rows = torch.arange(n, device=device)
         self.key_pos: dict[int, torch.Tensor] = {}
         self._fn = None
+        self._zeros: torch.Tensor | None = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.use_graphs = self.compile and device.type == "cuda"
         self._pool = None
@@ -219,11 +221,23 @@ class StaticDecoder:
         each when the decoder compiles."""
         m, rows, scratch = self.model, self._slot_rows, self.cache.scratch_position
         piece = _compiled if self.compile else (lambda fn: fn)
-        h, branch, cos, sin, reads = piece(_prologue)(m, tokens, positions, key_pos, self.kernel, scratch)
+        h, cos, sin, reads = piece(_prologue)(m, tokens, positions, key_pos, self.kernel, scratch)
+        branch = self._zero_branch()
         layer_fn, shared = piece(_decode_layer), (rows, positions, reads, key_pos, self.kernel)
         for layer, kc, vc in zip(m.layers, self.cache.k, self.cache.v):
             h, branch = layer_fn(layer, h, branch, cos, sin, kc, vc, *shared)
         return piece(_head)(m, h, branch)
+
+    def _zero_branch(self) -> torch.Tensor:
+        """Zeros shaped like a layer's feed-forward branch (the down projection's partials for n_slots rows):
+        the first layer's pending add. Made once, by running that projection on zeros, outside the compiled
+        pieces and before any graph capture (the first call of a step is a warm-up)."""
+        if self._zeros is None:
+            w2 = self.model.layers[0].feed_forward.w2
+            dtype = self.model.tok_embeddings.weight.dtype
+            hidden = torch.zeros(self.cache.n_slots, w2.in_features, dtype=dtype, device=self.cache.device)
+            self._zeros = linear_partials(w2, hidden).zero_()
+        return self._zeros
 
     def _function(self):
         if self._fn is None:

@@ -44,6 +44,19 @@ def _(x, weight):
     return x.new_empty(S, 1, weight.shape[0], dtype=quant_triton.partials_dtype(S, x.dtype))
 
 
+@torch.library.custom_op("pixdesk::dense_gated", mutates_args=())
+def dense_gated_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (1, K) bf16 through a gate|up weight (N, K) -> silu(gate) * up (1, N / 2)."""
+    from pixdesk.model import dense_triton
+
+    return dense_triton.gated(x, weight)
+
+
+@dense_gated_op.register_fake
+def _(x, weight):
+    return x.new_empty(1, weight.shape[0] // 2)
+
+
 def takes_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         DECODE_GEMV
@@ -68,6 +81,16 @@ class DecodeLinear(nn.Linear):
         if self.bias is None and takes_gemv(x, self.weight):
             return dense_gemv_op(x.contiguous(), self.weight)
         return F.linear(x, self.weight, self.bias)[None]
+
+    def gated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """For a gate|up weight: x (1, K) -> silu(gate) * up (1, N / 2) in one kernel (no SiLU kernel after
+        the GEMV), or None where the GEMV does not take x or would split K (quant_ops.silu_gate_up)."""
+        from pixdesk.model import dense_triton
+
+        N, K = self.weight.shape
+        if self.bias is None and takes_gemv(x, self.weight) and dense_triton.splits(N, K, x.device) == 1:
+            return dense_gated_op(x.reshape(1, K).contiguous(), self.weight)
+        return None
 
 
 def use_decode_gemv(model: nn.Module, names: list[str]) -> None:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pixdesk.model.quant import concat_linears
+from pixdesk.model.quant_ops import silu_gate_up
 from pixdesk.model.rope import apply_rope
 
 # (q, k, v) each (B, T, H|Hkv, D) -> (B, T, H, D)
@@ -87,11 +88,14 @@ class FeedForward(nn.Module):
         self.w13 = concat_linears([self.w1, self.w3])
         del self.w1, self.w3
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., dim) -> silu(gate) * up (..., hidden_dim); fused, one kernel at one row on CUDA."""
         if hasattr(self, "w13"):
-            gate, up = self.w13(x).chunk(2, dim=-1)
-            return self.w2(F.silu(gate) * up)
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+            return silu_gate_up(self.w13, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        return F.silu(self.w1(x)) * self.w3(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.hidden(x))
 
 
 class TransformerBlock(nn.Module):

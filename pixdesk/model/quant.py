@@ -114,6 +114,10 @@ class Int8Linear(nn.Module):
             return quant_ops.int8_linear_op(x.contiguous(), self.qweight, self.scales)
         return self(x)[None]
 
+    def gated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """For a gate|up weight: one row x -> silu(gate) * up in one kernel, or None (quant_ops)."""
+        return quant_ops.int8_gated(x, self.qweight, self.scales)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-channel"
 

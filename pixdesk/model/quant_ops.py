@@ -98,6 +98,37 @@ def _(x, qweight, scales):
     return x.new_empty(S, M, N, dtype=kernels[0].partials_dtype(S, x.dtype))
 
 
+@torch.library.custom_op("pixdesk::int8_gated", mutates_args=())
+def int8_gated_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """x (1, K) through an int8 gate|up weight (N, K) -> silu(gate) * up (1, N / 2)."""
+    return _kernels()[0].int8_gated(x, qweight, scales)
+
+
+@int8_gated_op.register_fake
+def _(x, qweight, scales):
+    return x.new_empty(1, qweight.shape[0] // 2)
+
+
+def int8_gated(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
+    """One CUDA row through an int8 gate|up weight -> silu(gate) * up, or None where the one-row GEMV would
+    split K (its outputs are then partial sums) or the kernels are missing."""
+    kernels, (N, K) = _kernels(), qweight.shape
+    if not x.is_cuda or x.numel() != K or kernels is None or kernels[0].int8_splits(N, K, 1, x.device) != 1:
+        return None
+    return int8_gated_op(x.reshape(1, K).contiguous(), qweight, scales)
+
+
+def silu_gate_up(gate_up, x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) through a fused gate|up linear -> silu(gate) * up (M, N / 2): one kernel where the module
+    has one for x (`gated`: one row on CUDA), else the linear, then SiLU and the product."""
+    gated = getattr(gate_up, "gated", None)
+    out = gated(x) if gated is not None else None
+    if out is not None:
+        return out
+    gate, up = gate_up(x).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 def sum_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(S, M, N) K-split partials -> (M, N); the compiled decode step fuses the sum into the next kernel."""
     return parts[0] if parts.shape[0] == 1 else parts.sum(0).to(dtype)

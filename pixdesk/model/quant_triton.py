@@ -3,7 +3,7 @@ only when a quantized linear runs on a GPU.
 
 Decode reads every weight byte once per step, so the kernels are built around the loads: each program owns
 BLOCK_N output channels (rows of the weight, contiguous in memory) and walks K, reading the weights as int32
-words and turning bytes into floats with integer ops (see `_byte_values`); the few input rows (x) are reread
+words and turning bytes into floats with integer ops (see `_int8_floats`); the few input rows (x) are reread
 from L1/L2. One row with FMAs, 2..16 rows with `tl.dot` on a 16-row tile.
 Measured on an H200 (bench/kernels.py): the 161 linears of Pixtral-12B took 3.54 ms at one row with the
 shift-and-mask byte conversion (5.2 instructions a weight, bench/sass.py); now 4.2 (session 8, not yet timed).
@@ -55,7 +55,7 @@ def _tune(one_row: list, rows: list) -> dict:
         return chosen[::4] if _INTERPRET else chosen
 
     configs = [c for c, _ in tagged]
-    return {"configs": configs, "key": ["N", "K", "MB"], "cache_results": True, "do_bench": _bench,
+    return {"configs": configs, "key": ["N", "K", "MB", "GATED"], "cache_results": True, "do_bench": _bench,
             "prune_configs_by": {"early_config_prune": prune}}  # fmt: skip
 
 
@@ -99,15 +99,40 @@ def _int8_floats(word):
             f3.to(tl.float32, bitcast=True))  # fmt: skip
 
 
+@triton.jit
+def gate_up_rows(pid, N, GATED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The weight rows program `pid` of a one-row GEMV reads: BLOCK_N consecutive ones, or for a gate|up
+    weight (GATED: gate rows [0, N/2), up rows after) BLOCK_N / 2 gate rows interleaved with the matching
+    up rows, so that one program holds both factors of silu(gate) * up. Rows past the end read as N."""
+    r = tl.arange(0, BLOCK_N)
+    if GATED:
+        j = pid * (BLOCK_N // 2) + r // 2
+        return tl.where(j < N // 2, j + (r % 2) * (N // 2), N)
+    return pid * BLOCK_N + r
+
+
+@triton.jit
+def store_gated(y_ptr, out, pid, N, BLOCK_N: tl.constexpr):
+    """gate_up_rows' interleaved outputs (BLOCK_N,) fp32 -> silu(gate) * up into y (1, N / 2), each factor
+    first rounded to y's dtype as the linear's output would be; the product in fp32, rounded once (the
+    kernel Inductor generates for the unfused form does the same)."""
+    DT: tl.constexpr = y_ptr.dtype.element_ty
+    gate, up = tl.split(tl.reshape(out.to(DT).to(tl.float32), (BLOCK_N // 2, 2)))
+    j = pid * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    tl.store(y_ptr + j, (gate * tl.sigmoid(gate) * up).to(DT), mask=j < N // 2)
+
+
 _INT8_ONE_ROW = _configs((16,), (512, 1024), warps=(4, 8), stages=(3, 4))  # BLOCK_N fixed: it sets the split
 _INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
 
 
 @triton.autotune(**_tune(_INT8_ONE_ROW, _INT8_ROWS))
 @triton.jit
-def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexpr, BLOCK_N: tl.constexpr,
-               BLOCK_K: tl.constexpr):  # fmt: skip
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexpr, GATED: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """MB == 1: one row, K split into partials (S, 1, N), or GATED (gate|up, no split): silu(gate) * up
+    (1, N / 2) (gate_up_rows). MB == 16: 2..16 rows on the tensor cores."""
+    rn = gate_up_rows(tl.program_id(0), N, GATED, BLOCK_N)
     n_ok = rn < N
     if MB == 1:
         # Weights read as int32 words (4 per word, 4 words a thread: 128-bit loads), each word turned into
@@ -134,9 +159,11 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
             acc += (f1 - 8388736.0) * x1[None, :]
             acc += (f2 - 8388736.0) * x2[None, :]
             acc += (f3 - 8388736.0) * x3[None, :]
-        s = tl.load(s_ptr + rn, mask=n_ok, other=0.0)
-        out = (tl.sum(acc, axis=1) * s).to(y_ptr.dtype.element_ty)
-        tl.store(y_ptr + tl.program_id(1) * N + rn, out, mask=n_ok)
+        out = tl.sum(acc, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0)
+        if GATED:
+            store_gated(y_ptr, out, tl.program_id(0), N, BLOCK_N)
+        else:
+            tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
     else:
         rm = tl.arange(0, MB)
         m_ok = rm < M
@@ -204,5 +231,18 @@ def int8_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> t
     y = torch.empty(S, M, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     words = triton.cdiv(triton.cdiv(K // 4, S), SPLIT_ALIGN_WORDS) * SPLIT_ALIGN_WORDS
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), S)  # noqa: E731
-    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16)
+    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1 if M == 1 else 16, GATED=False)
+    return y
+
+
+def int8_gated(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """One row x (1, K) through an int8 gate|up weight (N, K) -> silu(gate) * up (1, N / 2) in x's dtype.
+    Only for weights the one-row GEMV does not split along K (`int8_splits(N, K, 1) == 1`)."""
+    (M, K), N = x.shape, qweight.shape[0]
+    if M != 1 or K % 8:
+        raise ValueError(f"the gated int8 GEMV takes one row and K a multiple of 8, got {M} x {K}")
+    y = torch.empty(1, N // 2, dtype=x.dtype, device=x.device)
+    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), 1)  # noqa: E731
+    words = triton.cdiv(K // 4, SPLIT_ALIGN_WORDS) * SPLIT_ALIGN_WORDS  # the whole row: one split
+    _int8_gemv[grid](x, qweight, scales, y, M, N, K, words, MB=1, GATED=True)
     return y
