@@ -28,6 +28,8 @@ from pixdesk.model.rope import rope_tables, text_angles
 # (torch.compiler.nested_compile_region) the first step took 22.8 s instead of 51.2 cold and the replayed
 # step 6.990 ms instead of 7.138 (bench/decode_compile.py), but Dynamo still walked all 40 calls (4.6 s warm).
 LAYER_REGIONS = True
+# The residual add + RMSNorm of the kernel layer as decode_norm's single-pass kernel (off: Inductor's).
+FUSED_NORM = True
 
 
 def _kernel_available(device: torch.device) -> bool:
@@ -36,6 +38,7 @@ def _kernel_available(device: torch.device) -> bool:
         return False
     try:
         import pixdesk.engine.decode_attention  # noqa: F401  (registers pixdesk::decode_attention)
+        import pixdesk.engine.decode_norm  # noqa: F401  (registers pixdesk::add_rms_norm)
     except ImportError:
         return False
     return True
@@ -88,26 +91,38 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
     partials (S, n_slots, dim). The region thus ends at the down projection's output, and the partials'
     sum and the add fuse into the next layer's RMSNorm (one kernel instead of a sum kernel and the norm).
     """
-    x = x + sum_partials(branch, x.dtype)[:, None]
     n_keys = key_pos.shape[0]
     if kernel and hasattr(layer.attention, "wqkv"):
-        attended = _rope_then_attend(layer, x, cos, sin, kc, vc, positions, reads, n_keys)
-    else:
-        attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
-        attended = attend(*layer.project(x, cos, sin))
-    h = x + layer.attention.output(attended)
+        return _kernel_layer(layer, x, branch, cos, sin, kc, vc, positions, reads, n_keys)
+    x = x + sum_partials(branch, x.dtype)[:, None]
+    attend = lambda q, k, v: attend_slots(kc, vc, rows, positions, reads, n_keys, kernel, q, k, v)  # noqa: E731
+    h = x + layer.attention.output(attend(*layer.project(x, cos, sin)))
     ff = layer.feed_forward
     return h, linear_partials(ff.w2, ff.hidden(layer.ffn_norm(h)[:, 0]))
 
 
-def _rope_then_attend(layer, x, cos, sin, kc, vc, positions, lengths, n_keys: int) -> torch.Tensor:
-    """Norm and q|k|v projection, one kernel for its partials' sum, RoPE and the cache write
-    (decode_attention.rope_cache_write), then the decode-attention kernel over `lengths` keys a slot."""
-    a, B = layer.attention, x.shape[0]
-    parts = linear_partials(a.wqkv, layer.attention_norm(x)[:, 0])  # (S, B, (H + 2 Hkv) D)
+def _kernel_layer(layer, x, branch, cos, sin, kc, vc, positions, lengths, n_keys: int):
+    """The layer on the decode kernels (CUDA): each residual add + RMSNorm one single-pass kernel
+    (decode_norm.py; Inductor's own form is FUSED_NORM off), the q|k|v partials summed, rotated and written to
+    the cache by one kernel (decode_attention.rope_cache_write), then the decode-attention kernel over
+    `lengths` keys a slot. Same contract as _decode_layer."""
+    a, ff, B = layer.attention, layer.feed_forward, x.shape[0]
+    an, fn = layer.attention_norm, layer.ffn_norm
+    x, normed = _add_norm(x[:, 0], branch, an)
+    parts = linear_partials(a.wqkv, normed)  # (S, B, (H + 2 Hkv) D)
     q = torch.ops.pixdesk.rope_cache_write(parts, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions,
                                            a.n_heads)  # fmt: skip
-    return torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)[:, None]  # (B, 1, H, D)
+    attended = torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)  # (B, H, D)
+    h, normed = _add_norm(x, linear_partials(a.wo, attended.reshape(B, -1)), fn)
+    return h[:, None], linear_partials(ff.w2, ff.hidden(normed))
+
+
+def _add_norm(x: torch.Tensor, parts: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, dim) + the sum of a branch's partials (S, B, dim) -> (new residual, norm of it)."""
+    if FUSED_NORM:
+        return torch.ops.pixdesk.add_rms_norm(x, parts, norm.weight, norm.eps)
+    h = x + sum_partials(parts, x.dtype)
+    return h, norm(h)
 
 
 def _prologue(model, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor, kernel: bool,

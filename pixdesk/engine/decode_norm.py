@@ -1,0 +1,60 @@
+"""The decode step's residual add + RMSNorm as one single-pass Triton kernel (CUDA), for a step's few rows.
+
+Inductor emits this junction (a linear's K-split partials summed, added to the residual stream, then the
+norm) as a looped reduction for a 5,120-wide row: one pass for the sum of squares and a second that reloads
+the inputs to write the outputs, with one program per row, so each of its 80 launches a step is a chain of
+dependent load rounds (2.7 and 3.9 us on an H200, session 7: 0.27 ms a step). Inductor keeps a row in
+registers only up to 1,024 elements. Here a program holds its whole row: one load round, one reduction,
+two stores.
+
+Rounding follows the unfused form (model/layers.py RMSNorm): the partials' sum is rounded to the model's
+dtype, added to the residual and rounded again (the new residual), normalized in fp32, rounded, then scaled
+by the weight and rounded.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rms_norm(x_ptr, parts_ptr, n_parts, part_stride, w_ptr, h_ptr, out_ptr, dim, eps,
+                  BLOCK: tl.constexpr):  # fmt: skip
+    row = tl.program_id(0)
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    cols = tl.arange(0, BLOCK)
+    ok = cols < dim
+    offs = row * dim + cols
+    branch = tl.load(parts_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    for i in range(1, n_parts):
+        branch += tl.load(parts_ptr + i * part_stride + offs, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    h = (x + branch.to(DT).to(tl.float32)).to(DT)
+    tl.store(h_ptr + offs, h, mask=ok)
+    hf = h.to(tl.float32)
+    inv = tl.rsqrt(tl.sum(hf * hf, axis=0) / dim + eps)
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, (w.to(tl.float32) * (hf * inv).to(DT).to(tl.float32)).to(DT), mask=ok)
+
+
+@torch.library.custom_op("pixdesk::add_rms_norm", mutates_args=())
+def add_rms_norm(
+    x: torch.Tensor, parts: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (B, dim) residual stream, parts (S, B, dim) K-split partials of the branch, weight (dim,) ->
+    (h = x + sum(parts), rmsnorm(h) * weight), both (B, dim) in x's dtype."""
+    B, dim = x.shape
+    x, parts = x.contiguous(), parts.contiguous()
+    h, out = torch.empty_like(x), torch.empty_like(x)
+    block = triton.next_power_of_2(dim)
+    warps = max(1, min(16, block // 512))  # 16 warps for 8,192 lanes: 16 elements a thread
+    _add_rms_norm[(B,)](x, parts, parts.shape[0], parts.stride(0), weight, h, out, dim, eps, BLOCK=block,
+                        num_warps=warps)  # fmt: skip
+    return h, out
+
+
+@add_rms_norm.register_fake
+def _(x, parts, weight, eps):
+    return torch.empty_like(x), torch.empty_like(x)
