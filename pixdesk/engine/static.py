@@ -33,15 +33,20 @@ FUSED_NORM = True
 
 
 def _kernel_available(device: torch.device) -> bool:
-    """The decode-attention kernel needs CUDA and Triton (CUDA builds of torch ship it)."""
+    """The decode kernels need CUDA and Triton (CUDA builds of torch ship it)."""
     if device.type != "cuda":
         return False
     try:
-        import pixdesk.engine.decode_attention  # noqa: F401  (registers pixdesk::decode_attention)
-        import pixdesk.engine.decode_norm  # noqa: F401  (registers pixdesk::add_rms_norm)
+        _register_kernels()
     except ImportError:
         return False
     return True
+
+
+def _register_kernels() -> None:
+    """Import the decode kernels' modules, which register their torch.ops.pixdesk ops."""
+    import pixdesk.engine.decode_attention  # noqa: F401  (decode_attention, rope_cache_write)
+    import pixdesk.engine.decode_norm  # noqa: F401  (add_rms_norm)
 
 
 class StaticView:
@@ -201,6 +206,8 @@ class StaticDecoder:
         self.compile = device.type == "cuda" if compile is None else compile
         self.layer_regions = LAYER_REGIONS if layer_regions is None else layer_regions
         self.kernel = _kernel_available(device) if kernel is None else kernel
+        if self.kernel:
+            _register_kernels()
         # The step's inputs (token, position, output row order) live in one device buffer, filled from one
         # pinned host buffer with one copy per step: no blocking transfers or small kernels before the replay.
         n, pinned = cache.n_slots, device.type == "cuda"
