@@ -46,10 +46,14 @@ def _(x, weight):
 
 @torch.library.custom_op("pixdesk::dense_gated", mutates_args=())
 def dense_gated_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (1, K) bf16 through a gate|up weight (N, K) -> silu(gate) * up (1, N / 2)."""
+    """x (1, K) bf16 through a gate|up weight (N, K) -> silu(gate) * up (1, N / 2): one kernel, or where the
+    GEMV would split K (small models), its partials summed, then SiLU and the product."""
     from pixdesk.model import dense_triton
 
-    return dense_triton.gated(x, weight)
+    if dense_triton.splits(*weight.shape, x.device) == 1:
+        return dense_triton.gated(x, weight)
+    gate, up = sum_partials(dense_triton.gemv(x, weight), x.dtype).chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 @dense_gated_op.register_fake
@@ -84,12 +88,9 @@ class DecodeLinear(nn.Linear):
 
     def gated(self, x: torch.Tensor) -> torch.Tensor | None:
         """For a gate|up weight: x (1, K) -> silu(gate) * up (1, N / 2) in one kernel (no SiLU kernel after
-        the GEMV), or None where the GEMV does not take x or would split K (quant_ops.silu_gate_up)."""
-        from pixdesk.model import dense_triton
-
-        N, K = self.weight.shape
-        if self.bias is None and takes_gemv(x, self.weight) and dense_triton.splits(N, K, x.device) == 1:
-            return dense_gated_op(x.reshape(1, K).contiguous(), self.weight)
+        the GEMV), or None where the GEMV does not take x (quant_ops.silu_gate_up)."""
+        if self.bias is None and takes_gemv(x, self.weight):
+            return dense_gated_op(x.reshape(1, -1).contiguous(), self.weight)
         return None
 
 

@@ -100,8 +100,13 @@ def _(x, qweight, scales):
 
 @torch.library.custom_op("pixdesk::int8_gated", mutates_args=())
 def int8_gated_op(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    """x (1, K) through an int8 gate|up weight (N, K) -> silu(gate) * up (1, N / 2)."""
-    return _kernels()[0].int8_gated(x, qweight, scales)
+    """x (1, K) through an int8 gate|up weight (N, K) -> silu(gate) * up (1, N / 2): one kernel, or where the
+    one-row GEMV would split K (small models) or Triton is missing, the product, then SiLU and the product."""
+    kernels, (N, K) = _kernels(), qweight.shape
+    if kernels is not None and kernels[0].int8_splits(N, K, 1, x.device) == 1:
+        return kernels[0].int8_gated(x, qweight, scales)
+    gate, up = sum_partials(int8_linear_op(x, qweight, scales), x.dtype).chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 @int8_gated_op.register_fake
@@ -110,12 +115,11 @@ def _(x, qweight, scales):
 
 
 def int8_gated(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor) -> torch.Tensor | None:
-    """One CUDA row through an int8 gate|up weight -> silu(gate) * up, or None where the one-row GEMV would
-    split K (its outputs are then partial sums) or the kernels are missing."""
-    kernels, (N, K) = _kernels(), qweight.shape
-    if not x.is_cuda or x.numel() != K or kernels is None or kernels[0].int8_splits(N, K, 1, x.device) != 1:
+    """One CUDA row through an int8 gate|up weight -> silu(gate) * up (int8_gated_op), else None. Only
+    tensor properties decide here: this runs inside the compiled decode step."""
+    if not x.is_cuda or x.numel() != qweight.shape[1]:
         return None
-    return int8_gated_op(x.reshape(1, K).contiguous(), qweight, scales)
+    return int8_gated_op(x.reshape(1, -1).contiguous(), qweight, scales)
 
 
 def silu_gate_up(gate_up, x: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,20 @@ GATED_CHECK = textwrap.dedent(
             assert y.shape == (1, n // 2) and y.dtype == torch.bfloat16, (y.shape, y.dtype)
             err = float((y.float() - ref).abs().max() / ref.abs().max())
             assert err < 2e-2, (n, k, err)
+    # Through the ops, including a weight the GEMV splits along K (16 x 4096 on the interpreter's 4 SMs):
+    # there the op sums the partials and applies SiLU itself.
+    from pixdesk.model import dense_gemv, quant_ops
+    for n, k in ((64, 1024), (16, 4096)):
+        w = torch.randn(n, k, generator=g).to(torch.bfloat16)
+        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
+        lin = quant.Int8Linear.from_float(w.float())
+        for y, wf in ((dense_gemv.dense_gated_op(x, w), w.float()),
+                      (quant_ops.int8_gated_op(x, lin.qweight, lin.scales), quant.dequantize(lin))):
+            gate, up = (x.float() @ wf.T).to(torch.bfloat16).float().chunk(2, dim=-1)
+            ref = F.silu(gate) * up
+            err = float((y.float() - ref).abs().max() / ref.abs().max())
+            assert y.shape == (1, n // 2) and err < 2e-2, (n, k, y.shape, err)
+    assert dense_triton.splits(16, 4096, torch.device("cpu")) > 1
     print("ok")
     """
 )
