@@ -44,23 +44,6 @@ def _(x, weight):
     return x.new_empty(S, 1, weight.shape[0], dtype=quant_triton.partials_dtype(S, x.dtype))
 
 
-@torch.library.custom_op("pixdesk::dense_gated", mutates_args=())
-def dense_gated_op(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (1, K) bf16 through a gate|up weight (N, K) -> silu(gate) * up (1, N / 2): one kernel, or where the
-    GEMV would split K (small models), its partials summed, then SiLU and the product."""
-    from pixdesk.model import dense_triton
-
-    if dense_triton.splits(*weight.shape, x.device) == 1:
-        return dense_triton.gated(x, weight)
-    gate, up = sum_partials(dense_triton.gemv(x, weight), x.dtype).chunk(2, dim=-1)
-    return F.silu(gate) * up
-
-
-@dense_gated_op.register_fake
-def _(x, weight):
-    return x.new_empty(1, weight.shape[0] // 2)
-
-
 def takes_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (
         DECODE_GEMV
@@ -73,7 +56,11 @@ def takes_gemv(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class DecodeLinear(nn.Linear):
-    """nn.Linear whose one-row bf16 CUDA calls take the split-K GEMV (see the module's docstring)."""
+    """nn.Linear whose one-row bf16 CUDA calls take the split-K GEMV (see the module's docstring).
+
+    No `gated` form (quant_ops.silu_gate_up): SiLU x up as the gate|up GEMV's epilogue measured slower in bf16
+    on an H200 (session 8, bench/profile_decode.py): the GEMVs +0.13 ms a step against the 0.058 ms SiLU
+    kernel it removed (replay 6.620 against 6.577 ms)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.bias is None and takes_gemv(x, self.weight):
@@ -85,13 +72,6 @@ class DecodeLinear(nn.Linear):
         if self.bias is None and takes_gemv(x, self.weight):
             return dense_gemv_op(x.contiguous(), self.weight)
         return F.linear(x, self.weight, self.bias)[None]
-
-    def gated(self, x: torch.Tensor) -> torch.Tensor | None:
-        """For a gate|up weight: x (1, K) -> silu(gate) * up (1, N / 2) in one kernel (no SiLU kernel after
-        the GEMV), or None where the GEMV does not take x (quant_ops.silu_gate_up)."""
-        if self.bias is None and takes_gemv(x, self.weight):
-            return dense_gated_op(x.reshape(1, -1).contiguous(), self.weight)
-        return None
 
 
 def use_decode_gemv(model: nn.Module, names: list[str]) -> None:

@@ -7,15 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.quant_triton import (
-    _INTERPRET,
-    _bench,
-    _configs,
-    gate_up_rows,
-    k_splits,
-    partials_dtype,
-    store_gated,
-)
+from pixdesk.model.quant_triton import _INTERPRET, _bench, _configs, k_splits, partials_dtype
 
 BLOCK_N = 16  # output channels a program; fixed, because it sets how many programs there are to split K for
 SPLIT_ALIGN = 512  # each K slice starts at a multiple of 1 KiB of a row
@@ -28,15 +20,12 @@ def _prune(configs, named_args, **kwargs):
     return configs[::4] if _INTERPRET else configs
 
 
-@triton.autotune(configs=_CONFIGS, key=["N", "K", "GATED"], cache_results=True, do_bench=_bench,
+@triton.autotune(configs=_CONFIGS, key=["N", "K"], cache_results=True, do_bench=_bench,
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, GATED: tl.constexpr, BLOCK_N: tl.constexpr,
-          BLOCK_K: tl.constexpr):  # fmt: skip
-    """Program (n, s): outputs [n * BLOCK_N, +BLOCK_N) over K in [s * SPLIT_K, +SPLIT_K) -> row s of y.
-    GATED (a gate|up weight, no K split): rows BLOCK_N / 2 of the gate and the same of the up half, and
-    y = silu(gate) * up, (1, N / 2)."""
-    rn = gate_up_rows(tl.program_id(0), N, GATED, BLOCK_N)
+def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Program (n, s): outputs [n * BLOCK_N, +BLOCK_N) over K in [s * SPLIT_K, +SPLIT_K) -> row s of y."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     k_lo = tl.program_id(1) * SPLIT_K
     k_hi = tl.minimum(k_lo + SPLIT_K, K)
@@ -49,38 +38,22 @@ def _gemv(x_ptr, w_ptr, y_ptr, N, K, SPLIT_K, GATED: tl.constexpr, BLOCK_N: tl.c
         x = tl.load(x_ptr + rk, mask=k_ok, other=0.0)
         acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
     out = tl.sum(acc, axis=1)
-    if GATED:
-        store_gated(y_ptr, out, tl.program_id(0), N, BLOCK_N)
-    else:
-        tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
+    tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
 
 
 def splits(N: int, K: int, device: torch.device) -> int:
     return k_splits(triton.cdiv(N, BLOCK_N), K // SPLIT_ALIGN, device)
 
 
-def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (1, K) @ weight (N, K).T -> partial sums (S, 1, N) (fp32 when S > 1, else x's dtype)."""
     M, K = x.shape
+    N = weight.shape[0]
     if M != 1 or K % 8 or weight.shape[1] != K:
         shape = tuple(weight.shape)
         raise ValueError(f"the dense GEMV takes one row and K a multiple of 8, got {M} x {K} @ {shape}")
-
-
-def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (1, K) @ weight (N, K).T -> partial sums (S, 1, N) (fp32 when S > 1, else x's dtype)."""
-    _check(x, weight)
-    (N, K), S = weight.shape, splits(*weight.shape, x.device)
+    S = splits(N, K, x.device)
     y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     split_k = triton.cdiv(triton.cdiv(K, S), SPLIT_ALIGN) * SPLIT_ALIGN
-    _gemv[(triton.cdiv(N, BLOCK_N), S)](x, weight, y, N, K, split_k, GATED=False)
-    return y
-
-
-def gated(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x (1, K) through a gate|up weight (N, K) -> silu(gate) * up (1, N / 2) in x's dtype. Only for
-    weights the GEMV does not split along K (`splits(N, K) == 1`)."""
-    _check(x, weight)
-    N, K = weight.shape
-    y = torch.empty(1, N // 2, dtype=x.dtype, device=x.device)
-    _gemv[(triton.cdiv(N, BLOCK_N), 1)](x, weight, y, N, K, K, GATED=True)
+    _gemv[(triton.cdiv(N, BLOCK_N), S)](x, weight, y, N, K, split_k)
     return y

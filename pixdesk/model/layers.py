@@ -89,7 +89,7 @@ class FeedForward(nn.Module):
         del self.w1, self.w3
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., dim) -> silu(gate) * up (..., hidden_dim); fused, one kernel at one row on CUDA."""
+        """x (..., dim) -> silu(gate) * up (..., hidden_dim); one kernel for one row of int8 on CUDA."""
         if hasattr(self, "w13"):
             return silu_gate_up(self.w13, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
         return F.silu(self.w1(x)) * self.w3(x)

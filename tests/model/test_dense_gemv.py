@@ -49,50 +49,6 @@ def test_gemv_partials_in_the_interpreter():
     assert run_in_interpreter(GEMV_CHECK).startswith("ok")
 
 
-# silu(gate) * up from a gate|up weight in one kernel, against the unfused form with each factor rounded to
-# bf16 (the linear's output) and the product rounded once; also rows that end mid-program (N / 2 = 20, 28).
-GATED_CHECK = textwrap.dedent(
-    """
-    import torch
-    import torch.nn.functional as F
-    from pixdesk.model import dense_triton, quant, quant_triton
-    g = torch.Generator().manual_seed(1)
-    for n, k in ((64, 1024), (40, 512), (56, 2048)):
-        w = torch.randn(n, k, generator=g).to(torch.bfloat16)
-        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
-        for y, wf in ((dense_triton.gated(x, w), w.float()),
-                      (quant_triton.int8_gated(x, *quant.quantize_int8(w.float())), None)):
-            if wf is None:
-                lin = quant.Int8Linear.from_float(w.float())
-                wf = quant.dequantize(lin)
-            gate, up = (x.float() @ wf.T).to(torch.bfloat16).float().chunk(2, dim=-1)
-            ref = F.silu(gate) * up
-            assert y.shape == (1, n // 2) and y.dtype == torch.bfloat16, (y.shape, y.dtype)
-            err = float((y.float() - ref).abs().max() / ref.abs().max())
-            assert err < 2e-2, (n, k, err)
-    # Through the ops, including a weight the GEMV splits along K (16 x 4096 on the interpreter's 4 SMs):
-    # there the op sums the partials and applies SiLU itself.
-    from pixdesk.model import dense_gemv, quant_ops
-    for n, k in ((64, 1024), (16, 4096)):
-        w = torch.randn(n, k, generator=g).to(torch.bfloat16)
-        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
-        lin = quant.Int8Linear.from_float(w.float())
-        for y, wf in ((dense_gemv.dense_gated_op(x, w), w.float()),
-                      (quant_ops.int8_gated_op(x, lin.qweight, lin.scales), quant.dequantize(lin))):
-            gate, up = (x.float() @ wf.T).to(torch.bfloat16).float().chunk(2, dim=-1)
-            ref = F.silu(gate) * up
-            err = float((y.float() - ref).abs().max() / ref.abs().max())
-            assert y.shape == (1, n // 2) and err < 2e-2, (n, k, y.shape, err)
-    assert dense_triton.splits(16, 4096, torch.device("cpu")) > 1
-    print("ok")
-    """
-)
-
-
-def test_gated_gemv_in_the_interpreter():
-    assert run_in_interpreter(GATED_CHECK).startswith("ok")
-
-
 def test_swap_keeps_parameters_and_falls_back_off_cuda():
     model = nn.Sequential(nn.Linear(64, 32, bias=False), nn.Linear(32, 16, bias=True))
     before = {k: v.clone() for k, v in model.state_dict().items()}

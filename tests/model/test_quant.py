@@ -156,6 +156,42 @@ def test_triton_kernels_in_the_interpreter():
     assert run_in_interpreter(KERNEL_CHECK).startswith("ok")
 
 
+# silu(gate) * up from an int8 gate|up weight in one kernel, against the unfused form with each factor rounded
+# to bf16 (the linear's output) and the product rounded once; rows that end mid-program (N / 2 = 20, 28); and
+# through the op a weight the GEMV splits along K (16 x 4096 on the interpreter's 4 SMs), where the op sums
+# the partials and applies SiLU itself.
+GATED_CHECK = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from pixdesk.model import quant, quant_ops, quant_triton
+    g = torch.Generator().manual_seed(1)
+    paths = set()
+    for n, k in ((64, 1024), (40, 512), (56, 2048), (16, 4096)):
+        w = torch.randn(n, k, generator=g)
+        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
+        lin = quant.Int8Linear.from_float(w)
+        fused = quant_triton.int8_splits(n, k, 1, x.device) == 1
+        paths.add(fused)
+        if fused:
+            y = quant_triton.int8_gated(x, lin.qweight, lin.scales)
+        else:
+            y = quant_ops.int8_gated_op(x, lin.qweight, lin.scales)
+        gate, up = (x.float() @ quant.dequantize(lin).T).to(torch.bfloat16).float().chunk(2, dim=-1)
+        ref = F.silu(gate) * up
+        assert y.shape == (1, n // 2) and y.dtype == torch.bfloat16, (y.shape, y.dtype)
+        err = float((y.float() - ref).abs().max() / ref.abs().max())
+        assert err < 2e-2, (n, k, err)
+    assert paths == {True, False}, paths
+    print("ok")
+    """
+)
+
+
+def test_int8_gated_gemv_in_the_interpreter():
+    assert run_in_interpreter(GATED_CHECK).startswith("ok")
+
+
 def test_random_state_dict_is_untouched_by_quantization():
     """Quantizing a model never writes into the float tensors it was given (they may be shared)."""
     from pixdesk.weights.tiny import TINY_ARGS
