@@ -5,8 +5,9 @@ Decode reads every weight byte once per step, so the kernels are built around th
 BLOCK_N output channels (rows of the weight, contiguous in memory) and walks K, reading the weights as int32
 words and turning bytes into floats with integer ops (see `_int8_floats`); the few input rows (x) are reread
 from L1/L2. One row with FMAs, 2..16 rows with `tl.dot` on a 16-row tile.
-Measured on an H200 (bench/kernels.py): the 161 linears of Pixtral-12B took 3.54 ms at one row with the
-shift-and-mask byte conversion (5.2 instructions a weight, bench/sass.py); now 4.2 (session 8, not yet timed).
+Measured on an H200: the 161 linears of Pixtral-12B took 3.54 ms at one row (bench/kernels.py) with a
+shift-and-mask byte conversion (5.2 instructions a weight, bench/sass.py); with one PRMT a byte (4.2) int8
+decode at batch 1 went from 214.7 to 233.3 tok/s (`--stage int8`, session 8).
 Block sizes are autotuned per (N, K, rows) and the timings kept in Triton's cache.
 """
 
