@@ -101,7 +101,7 @@ def _int8_floats(word):
 
 
 @triton.jit
-def gate_up_rows(pid, N, GATED: tl.constexpr, BLOCK_N: tl.constexpr):
+def _gate_up_rows(pid, N, GATED: tl.constexpr, BLOCK_N: tl.constexpr):
     """The weight rows program `pid` of a one-row GEMV reads: BLOCK_N consecutive ones, or for a gate|up
     weight (GATED: gate rows [0, N/2), up rows after) BLOCK_N / 2 gate rows interleaved with the matching
     up rows, so that one program holds both factors of silu(gate) * up. Rows past the end read as N."""
@@ -113,8 +113,8 @@ def gate_up_rows(pid, N, GATED: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def store_gated(y_ptr, out, pid, N, BLOCK_N: tl.constexpr):
-    """gate_up_rows' interleaved outputs (BLOCK_N,) fp32 -> silu(gate) * up into y (1, N / 2), each factor
+def _store_gated(y_ptr, out, pid, N, BLOCK_N: tl.constexpr):
+    """_gate_up_rows' interleaved outputs (BLOCK_N,) fp32 -> silu(gate) * up into y (1, N / 2), each factor
     first rounded to y's dtype as the linear's output would be; the product in fp32, rounded once (the
     kernel Inductor generates for the unfused form does the same)."""
     DT: tl.constexpr = y_ptr.dtype.element_ty
@@ -132,8 +132,8 @@ _INT8_ROWS = _configs((32, 64), (256, 512), stages=(3, 4))
 def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexpr, GATED: tl.constexpr,
                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
     """MB == 1: one row, K split into partials (S, 1, N), or GATED (gate|up, no split): silu(gate) * up
-    (1, N / 2) (gate_up_rows). MB == 16: 2..16 rows on the tensor cores."""
-    rn = gate_up_rows(tl.program_id(0), N, GATED, BLOCK_N)
+    (1, N / 2) (_gate_up_rows). MB == 16: 2..16 rows on the tensor cores."""
+    rn = _gate_up_rows(tl.program_id(0), N, GATED, BLOCK_N)
     n_ok = rn < N
     if MB == 1:
         # Weights read as int32 words (4 per word, 4 words a thread: 128-bit loads), each word turned into
@@ -162,7 +162,7 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
             acc += (f3 - 8388736.0) * x3[None, :]
         out = tl.sum(acc, axis=1) * tl.load(s_ptr + rn, mask=n_ok, other=0.0)
         if GATED:
-            store_gated(y_ptr, out, tl.program_id(0), N, BLOCK_N)
+            _store_gated(y_ptr, out, tl.program_id(0), N, BLOCK_N)
         else:
             tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
     else:
