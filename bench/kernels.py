@@ -47,7 +47,7 @@ def linear_chains(res: dict) -> None:
     through our Triton GEMV (its K-split partials, whose sum the compiled step folds into the next kernel);
     plus a check of each against the dequantized weight. LINEARS=int8,int4_triton picks; `int8` is unsplit,
     `int8_split` has quant_triton.INT8_SPLIT_K on and is timed as partials, the way int4_triton is."""
-    from pixdesk.model import int4_triton, quant_triton
+    from pixdesk.model import int4_mma, int4_triton, quant_triton
     from pixdesk.model.quant import Int4Linear, Int8Linear, dequantize
 
     for mode in os.environ.get("LINEARS", "int8,int4_tinygemm,int4_triton").split(","):
@@ -67,19 +67,25 @@ def linear_chains(res: dict) -> None:
         nbytes += sum(
             t.numel() * t.element_size() for m in mods for t in (getattr(m, "cuda_pack", None) or ())
         )
-        partials = mode in ("int4_triton", "int8_split")
-        fn = partial_gemv(mods[0]) if partials else mods[0]
+        partials = mode in ("int4_triton", "int8_split", "int4_mma")
+        mma = mode == "int4_mma"  # one row only
+        if mma:
+            x, ref = x[:1], ref[:1]
+        fn = partial_gemv(mods[0], mma) if partials else mods[0]
         y = fn(x).float()
         y = y.sum(0) if y.dim() == 3 else y
         res[f"{mode}_check_rel_err"] = float((y - ref).abs().max() / ref.abs().max())
-        for rows in (1, 8):
+        for rows in (1,) if mma else (1, 8):
             xs = {k: torch.randn(rows, k, device="cuda", dtype=torch.bfloat16) for k in (4096, 5120, 14336)}
-            t = graph_time(chain(mods, xs, partials))
+            t = graph_time(chain(mods, xs, partials, mma))
             res[f"{mode}_chain_rows{rows}_ms"] = t * 1e3
             res[f"{mode}_chain_rows{rows}_GBps"] = nbytes / t / 1e9
+            if rows == 1 and mode.startswith("int4"):
+                per_shape(res, mode, mods, xs, partials, mma)
         res[f"{mode}_weight_GB"] = nbytes / 1e9
         kernels = {"int8": [quant_triton._int8_gemv], "int8_split": [quant_triton._int8_gemv],
-                   "int4_triton": [int4_triton._gemv1, int4_triton._gemv_rows]}.get(mode, [])  # fmt: skip
+                   "int4_triton": [int4_triton._gemv1, int4_triton._gemv_rows],
+                   "int4_mma": [int4_mma._gemv1_mma]}.get(mode, [])  # fmt: skip
         res[f"{mode}_configs"] = {str(k): str(v) for kern in kernels for k, v in kern.cache.items()}
         print(json.dumps(res), flush=True)
         mods.clear()
@@ -112,18 +118,34 @@ def dense_chains(res: dict) -> None:
         torch.cuda.empty_cache()
 
 
-def partial_gemv(m):
-    """The GEMV kernel alone, returning its K-split partials (the compiled step fuses their sum)."""
-    from pixdesk.model import int4_triton, quant_triton
+def per_shape(res: dict, mode: str, mods, xs, partials: bool, mma: bool) -> None:
+    """One row, each shape's 40 weights (the LM head alone) as their own chain: us a linear and GB/s."""
+    for n, k in sorted(set(SHAPES)):
+        sub = [m for m in mods if (m.out_features, m.in_features) == (n, k)]
+        nbytes = sum(b.numel() * b.element_size() for m in sub for b in m.buffers())
+        nbytes += sum(
+            t.numel() * t.element_size() for m in sub for t in (getattr(m, "cuda_pack", None) or ())
+        )
+        t = graph_time(chain(sub, xs, partials, mma))
+        res[f"{mode}_{n}x{k}_us"] = t * 1e6 / len(sub)
+        res[f"{mode}_{n}x{k}_GBps"] = nbytes / t / 1e9
+
+
+def partial_gemv(m, mma: bool = False):
+    """The GEMV kernel alone, returning its K-split partials (the compiled step fuses their sum); `mma`: the
+    one-row int4 kernel on the tensor cores."""
+    from pixdesk.model import int4_mma, int4_triton, quant_triton
     from pixdesk.model.quant import Int8Linear
 
+    if mma:
+        return lambda x: int4_mma.int4_gemv_mma(x, m.qweight, m.scales, m.mins)
     if isinstance(m, Int8Linear):
         return lambda x: quant_triton.int8_gemv(x, m.qweight, m.scales)
     return lambda x: int4_triton.int4_gemv(x, m.qweight, m.scales, m.mins, m.group_size)
 
 
-def chain(mods, xs, partials: bool = False):
-    fns = [partial_gemv(m) if partials else m for m in mods]
+def chain(mods, xs, partials: bool = False, mma: bool = False):
+    fns = [partial_gemv(m, mma) if partials else m for m in mods]
     return lambda: [f(xs[m.in_features]) for f, m in zip(fns, mods)]
 
 

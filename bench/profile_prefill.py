@@ -61,12 +61,34 @@ def flops_parts() -> dict[str, float]:
     return {"vision": vision, "decoder": ttft_flop_minimum() - vision}
 
 
+def kernel_tables(m, kv, embeds, pixels, blocks) -> None:
+    """The CUDA kernels of the regions' vision encoder and decoder prefill, and their matmuls by shape."""
+    parts = (("vision encoder", lambda: m.encode_images(pixels, blocks)),
+             ("decoder prefill", lambda: prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)))  # fmt: skip
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    for label, run in parts:
+        run()
+        sync()
+        with torch.profiler.profile(activities=acts, record_shapes=True) as prof:
+            run()
+            sync()
+        print(f"## {label}: CUDA kernels")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=24, max_name_column_width=90))
+        print(f"## {label}: matmuls by input shape")
+        by_shape = [e for e in prof.key_averages(group_by_input_shape=True) if e.key in ("aten::mm", "aten::addmm")]
+        by_shape.sort(key=lambda e: -e.device_time_total)
+        for e in by_shape[:12]:
+            us = e.device_time_total / max(e.count, 1)
+            print(f"{e.key} {e.input_shapes} x{e.count}: {us:.1f} us each")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quant", choices=["none", "int8", "int4"], default="none")
     ap.add_argument(
         "--profile", action="store_true", help="also print the kernel table of the regions prefill"
     )
+    ap.add_argument("--regions-only", action="store_true", help="time only the compiled regions (native GQA)")
     args = ap.parse_args()
     tflops = matmul_tflops()
     m = random_model(PIXTRAL_12B, torch.bfloat16, DEVICE)
@@ -85,8 +107,8 @@ def main() -> None:
         embeds = m.embed(torch.tensor([prompt.ids], device=DEVICE), feats)[0]
         regions = CompiledBlocks()
         want = prefill(m, kv, 0, embeds, 0, chunk=8192)
-        for label, blocks, gqa in (("eager", None, False), ("regions", regions, False),
-                                   ("regions + native GQA", regions, True)):  # fmt: skip
+        variants = [("eager", None, False), ("regions", regions, False), ("regions + native GQA", regions, True)]
+        for label, blocks, gqa in variants[2:] if args.regions_only else variants:
             layers.NATIVE_GQA = gqa
             got = prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
             print(
@@ -104,14 +126,7 @@ def main() -> None:
             rows.append((label, vis, dec, fol, first))
         layers.NATIVE_GQA = True
         if args.profile:
-            blocks = CompiledBlocks()
-            prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                prefill(m, kv, 0, embeds, 0, chunk=8192, blocks=blocks)
-                torch.cuda.synchronize()
-            print(
-                prof.key_averages().table(sort_by="cuda_time_total", row_limit=16, max_name_column_width=70)
-            )
+            kernel_tables(m, kv, embeds, pixels, CompiledBlocks())
     mins = {k: f / (tflops * 1e12) * 1e3 for k, f in flops_parts().items()}
     print(f"{args.quant}: matmul {tflops:.0f} TFLOP/s; FLOP minimum: vision {mins['vision']:.1f} ms, "
           f"decoder {mins['decoder']:.1f} ms ({n} tokens)")  # fmt: skip

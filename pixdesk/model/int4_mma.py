@@ -1,0 +1,201 @@
+"""The one-row int4 GEMV of decode at batch 1, on the tensor cores (mma.sync), for group size 128.
+
+int4_triton's one-row kernel turns each nibble into an fp32 and multiplies it with an FMA: ~5 instructions
+a weight, and it ran at 1.55 TB/s of int4 bytes on an H200, issue-bound (the int8 kernel, at 4.2
+instructions a byte, reaches ~3.3 TB/s; 5 a weight is 10 a byte). Here a weight costs ~1.4:
+- Two nibbles become one bf16x2 register with one LOP3: nibbles j and j + 4 of a word (bits 4j and 16 + 4j)
+  masked in place under the exponent of 128 (`(word >> 4j) & 0x000F000F | 0x43004300`) read as the bf16 pair
+  (128 + q_j, 128 + q_j+4), exactly. Pairs 1..3 first shift the word right by 4j: 7 integer instructions
+  per word of 8 weights.
+- `mma.sync.m16n8k16` multiplies those pairs, as they are, with the inputs, accumulating in fp32. The weights
+  are the A operand (16 rows a warp, k in pairs), the inputs B, the same in all 8 columns, so every lane
+  receives its own rows' sums. With the (BLOCK_N, 16) tile of a group's words in Triton's blocked layout
+  (a lane holds 4 consecutive words of rows r, r + 8, ... where r = lane / 4), a lane's registers are
+  already an A fragment: lane g of a quad supplies rows g and g + 8, lanes c = 0..3 of the quad words
+  4c..4c+3. Which k a register slot stands for does not matter as long as A and B agree, so each lane pairs
+  its own inputs (x[16j + w], x[16(j + 4) + w]) with its weight pair (j, j + 4) of word w: no shuffles, no
+  shared memory. One mma sums 16 of a quad's k; 8 mma a group.
+- The group's sum D = sum_k (128 + q_k) x_k is exact up to fp32 accumulation. A second chain of mma with
+  A = 1 gives X = sum_k x_k, and with w = q s + m: sum_k w_k x_k = s D + (m - 128 s) X per (row, group).
+  Each lane of a quad receives the same D and X, so the lanes' sum is 4x the row's and the end scales by
+  1/4 (exact).
+Rows past N and groups past the split read zeros. K is split into fp32 partials like int4_triton's GEMV
+(`splits`). Under Triton's interpreter (CPU tests) the same algebra runs as plain tensor ops, per word
+instead of per quad.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pixdesk.model.int4_triton import splits
+from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
+
+GROUP = 128  # a group is 16 int32 words: 4 lanes of a quad x 4 words
+BLOCK_N = 128  # rows a program: sets the K split, so fixed (warps and stages are tuned)
+
+
+def _mma_group_asm() -> str:
+    """PTX for two rows x 4 words of one group (one lane's part of a 16-row mma tile): loads the rows' scale
+    and minimum, and adds s (D - 128 X) and m X to the rows' first two accumulator slots.
+
+    Operands (el = 4 h + e: row h of the two, word e): $0..$7 accumulators out; inputs $8..$15 words, the
+    input pairs of nibble pairs j = 0..3 at $16 + 8j + el, the scale and minimum addresses $48.. and $56..,
+    accumulators in $64.. Inputs that are the same for all four words are read from el = 0 and 4.
+    """
+    a = lambda h, e, j: f"a{16 * h + 4 * e + j}"  # noqa: E731  (bf16x2 weight pair j of row h, word e)
+    xp = lambda e, j: f"${16 + 8 * j + e}"  # noqa: E731  (the input pair it multiplies; row 0's copy)
+    out = ["{", ".reg .b32 t, one, a<32>;", ".reg .b16 hs<2>, hm<2>;", ".reg .f32 d<16>, s<2>, m<2>;"]
+    # The scales and minimums first: their latency overlaps the rest.
+    out += ["ld.global.nc.b16 hs0, [$48];", "ld.global.nc.b16 hs1, [$52];"]
+    out += ["ld.global.nc.b16 hm0, [$56];", "ld.global.nc.b16 hm1, [$60];"]
+    out += ["mov.b32 one, 0x3F803F80;"] + [f"mov.f32 d{i}, 0f00000000;" for i in range(16)]
+    for h in range(2):
+        for e in range(4):
+            word = f"${8 + 4 * h + e}"
+            out.append(f"lop3.b32 {a(h, e, 0)}, {word}, 0x000F000F, 0x43004300, 0xEA;")  # (w & m) | c
+            for j in range(1, 4):
+                out.append(f"shr.u32 t, {word}, {4 * j};")
+                out.append(f"lop3.b32 {a(h, e, j)}, t, 0x000F000F, 0x43004300, 0xEA;")
+    pairs = [(e, j) for e in range(4) for j in range(4)]
+    mma = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32"
+    for m in range(8):
+        (ep, jp), (eq, jq) = pairs[2 * m], pairs[2 * m + 1]
+        b = f"{{{xp(ep, jp)}, {xp(eq, jq)}}}"
+        d = ", ".join(f"d{4 * (m % 2) + i}" for i in range(4))  # two chains, for latency
+        ones = ", ".join(f"d{8 + 4 * (m % 2) + i}" for i in range(4))
+        w = f"{{{a(0, ep, jp)}, {a(1, ep, jp)}, {a(0, eq, jq)}, {a(1, eq, jq)}}}"
+        out.append(f"{mma} {{{d}}}, {w}, {b}, {{{d}}};")
+        out.append(f"{mma} {{{ones}}}, {{one, one, one, one}}, {b}, {{{ones}}};")
+    # d0 / d2: D of rows g / g + 8 (column 2c); d8: X. Then D - 128 X, the scale and the minimum.
+    out += ["add.f32 d8, d8, d12;", "add.f32 d0, d0, d4;", "add.f32 d2, d2, d6;"]
+    out += ["fma.rn.f32 d0, d8, 0fC3000000, d0;", "fma.rn.f32 d2, d8, 0fC3000000, d2;"]
+    for h in range(2):
+        out += [f"cvt.f32.bf16 s{h}, hs{h};", f"cvt.f32.bf16 m{h}, hm{h};"]
+        out += [f"fma.rn.f32 ${4 * h}, s{h}, d{2 * h}, ${64 + 4 * h};"]
+        out += [f"fma.rn.f32 ${4 * h + 1}, m{h}, d8, ${65 + 4 * h};"]
+        out += [f"mov.f32 ${4 * h + i}, ${64 + 4 * h + i};" for i in (2, 3)]
+    return "\n".join(out + ["}"])
+
+
+_MMA_GROUP = tl.constexpr(_mma_group_asm())
+_MMA_CONSTRAINTS = tl.constexpr(",".join(["=f"] * 8 + ["r"] * 40 + ["l"] * 16 + ["f"] * 8))
+
+
+@triton.jit
+def _x_pair(lo, hi):
+    """Two bf16 tensors -> int32 tensors holding lo in bits 0..15 and hi in 16..31 (a bf16x2 register)."""
+    lo16 = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    return lo16 | (hi.to(tl.int16, bitcast=True).to(tl.int32) << 16)
+
+
+@triton.jit
+def _bf16_lo(pair):
+    return (pair << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _bf16_hi(pair):
+    return (pair & -65536).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _group(word, xp0, xp1, xp2, xp3, sp, mp, acc):
+    """acc (BLOCK_N, 16) += this group's s (D - 128 X) + m X, spread over the accumulator slots; sp and mp
+    (BLOCK_N,) point at the rows' scale and minimum."""
+    if _ASM:
+        acc = tl.inline_asm_elementwise(
+            _MMA_GROUP, _MMA_CONSTRAINTS,
+            [word, xp0[None, :], xp1[None, :], xp2[None, :], xp3[None, :], sp[:, None], mp[:, None], acc],
+            dtype=tl.float32, is_pure=True, pack=8,
+        )  # fmt: skip
+    else:
+        # The same sums per word: slot (row, w) gets s D_w + c X_w over word w's 8 nibbles.
+        d = tl.zeros(acc.shape, tl.float32)
+        xs = tl.zeros(xp0.shape, tl.float32)
+        for j in tl.static_range(4):
+            if j == 0:
+                xp = xp0
+            elif j == 1:
+                xp = xp1
+            elif j == 2:
+                xp = xp2
+            else:
+                xp = xp3
+            lo, hi = _bf16_lo(xp), _bf16_hi(xp)
+            q_lo = ((word >> (4 * j)) & 0xF).to(tl.float32)
+            q_hi = ((word >> (16 + 4 * j)) & 0xF).to(tl.float32)
+            d += (128.0 + q_lo) * lo[None, :] + (128.0 + q_hi) * hi[None, :]
+            xs += lo + hi
+        s = tl.load(sp).to(tl.float32)[:, None]
+        m = tl.load(mp).to(tl.float32)[:, None]
+        acc += s * (d - 128.0 * xs[None, :]) + m * xs[None, :]
+    return acc
+
+
+def _configs() -> list:
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 2, 3)]
+
+
+def _prune(configs, named_args, **kwargs):
+    return configs[:1] if _INTERPRET else configs
+
+
+@triton.autotune(configs=_configs(), key=["N", "KW"], cache_results=True, do_bench=_bench,
+                 prune_configs_by={"early_config_prune": _prune})  # fmt: skip
+@triton.jit
+def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK_N: tl.constexpr):
+    """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
+    pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = rn < N
+    rn_in = tl.minimum(rn, N - 1)
+    rw = tl.arange(0, 16)
+    g_lo = tl.program_id(1) * SPLIT_GROUPS
+    g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
+    w32 = w_ptr.to(tl.pointer_type(tl.int32))
+    acc = tl.zeros((BLOCK_N, 16), tl.float32)
+    # No masks in the loop: rows past N read row N - 1 (their sums are not stored), and the loop runs over
+    # this split's groups only.
+    w_rows = w32 + rn_in[:, None] * KW + rw[None, :]
+    sm_rows = rn_in * NG
+    for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
+        g = g_lo + i
+        word = tl.load(w_rows + g * 16)
+        sm = sm_rows + g
+        xg = x_ptr + g * 128 + rw
+        x0 = tl.load(xg)
+        x1 = tl.load(xg + 16)
+        x2 = tl.load(xg + 32)
+        x3 = tl.load(xg + 48)
+        x4 = tl.load(xg + 64)
+        x5 = tl.load(xg + 80)
+        x6 = tl.load(xg + 96)
+        x7 = tl.load(xg + 112)
+        xp0, xp1, xp2, xp3 = _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
+        acc = _group(word, xp0, xp1, xp2, xp3, s_ptr + sm, m_ptr + sm, acc)
+    out = tl.sum(acc, axis=1)
+    if _ASM:
+        out = out * 0.25  # each lane of a quad added the whole group's sums
+    tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
+
+
+def supported(x: torch.Tensor, group: int) -> bool:
+    """One bf16 row with group size 128 (the decoder's linears of the Pixtral family)."""
+    return x.shape[0] == 1 and x.dtype == torch.bfloat16 and group == GROUP
+
+
+def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
+    """x (1, K) bf16 contiguous @ dequantized int4 (N, K).T -> partial sums (S, 1, N): fp32 when S > 1,
+    else bf16; the product is their sum over the first dimension (as int4_triton.int4_gemv)."""
+    K, N = x.shape[1], qweight.shape[0]
+    if not supported(x, K // scales.shape[1]) or K % GROUP:
+        raise ValueError(f"the int4 mma GEMV takes one bf16 row and group size {GROUP}, got {tuple(x.shape)}")
+    S = splits(N, K, GROUP, 1, x.device)
+    y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)
+    NG = K // GROUP
+    grid = (triton.cdiv(N, BLOCK_N), S)
+    _gemv1_mma[grid](x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), BLOCK_N=BLOCK_N)
+    return y

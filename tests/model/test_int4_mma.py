@@ -1,0 +1,64 @@
+"""The one-row int4 GEMV on the tensor cores (model/int4_mma.py): its algebra in Triton's interpreter (the
+CPU has no mma, so there the same sums run as plain tensor ops), and the real kernel on a GPU."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from tests.triton_interpreter import run_in_interpreter
+
+CHECK = textwrap.dedent(
+    """
+    import torch
+    from pixdesk.model import int4_mma, quant
+    g = torch.Generator().manual_seed(0)
+    worst, splits = 0.0, set()
+    # rows that end mid-program (40, 136), several groups a split, and K splits (the interpreter has 4 SMs)
+    for n, k in ((48, 256), (40, 384), (136, 1280), (8, 2048), (24, 4096)):
+        w = torch.randn(n, k, generator=g)
+        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
+        lin = quant.Int4Linear.from_float(w)
+        parts = int4_mma.int4_gemv_mma(x, lin.qweight, lin.scales, lin.mins)
+        splits.add(parts.shape[0])
+        y = parts.float().sum(0).to(x.dtype)
+        ref = x.float() @ quant.dequantize(lin).T
+        assert y.shape == (1, n) and y.dtype == torch.bfloat16
+        worst = max(worst, float((y.float() - ref).abs().max() / ref.abs().max()))
+    assert worst < 1e-2, worst
+    assert 1 in splits and len(splits) >= 2, splits
+    print("ok", worst, sorted(splits))
+    """
+)
+
+
+def test_int4_mma_gemv_algebra_in_the_interpreter():
+    assert run_in_interpreter(CHECK).startswith("ok")
+
+
+def test_int4_mma_gemv_rejects_what_it_does_not_take():
+    from pixdesk.model import int4_mma
+
+    x = torch.zeros(2, 256, dtype=torch.bfloat16)
+    assert not int4_mma.supported(x, 128)
+    assert not int4_mma.supported(x[:1].float(), 128)
+    assert not int4_mma.supported(x[:1], 64)
+    assert int4_mma.supported(x[:1], 128)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the mma kernel needs a CUDA device")
+@pytest.mark.parametrize("n, k", [(6144, 5120), (5120, 4096), (28672, 5120), (5120, 14336), (200, 1280)])
+def test_int4_mma_gemv_on_cuda_equals_the_dequantized_product(n, k):
+    from pixdesk.model import int4_mma, quant
+
+    g = torch.Generator().manual_seed(n + k)
+    w = torch.randn(n, k, generator=g)
+    lin = quant.Int4Linear.from_float(w).to("cuda")
+    x = torch.randn(1, k, generator=g).to(torch.bfloat16).cuda()
+    parts = int4_mma.int4_gemv_mma(x, lin.qweight, lin.scales, lin.mins)
+    y = parts.float().sum(0)
+    ref = x.float() @ quant.dequantize(lin).float().T
+    err = float((y - ref).abs().max() / ref.abs().max())
+    assert err < 4e-3, err  # fp32 sums of exact products; the bf16 partials of an unsplit weight round once
