@@ -38,19 +38,16 @@ BLOCK_N = 128  # rows a program: sets the K split, so fixed (warps and stages ar
 
 
 def _mma_group_asm() -> str:
-    """PTX for two rows x 4 words of one group (one lane's part of a 16-row mma tile): loads the rows' scale
-    and minimum, and adds s (D - 128 X) and m X to the rows' first two accumulator slots.
+    """PTX for two rows x 4 words of one group (one lane's part of a 16-row mma tile): adds s (D - 128 X) and
+    m X to the rows' first two accumulator slots.
 
     Operands (el = 4 h + e: row h of the two, word e): $0..$7 accumulators out; inputs $8..$15 words, the
-    input pairs of nibble pairs j = 0..3 at $16 + 8j + el, the scale and minimum addresses $48.. and $56..,
+    input pairs of nibble pairs j = 0..3 at $16 + 8j + el, the rows' scales $48.. and minimums $56.. (fp32),
     accumulators in $64.. Inputs that are the same for all four words are read from el = 0 and 4.
     """
     a = lambda h, e, j: f"a{16 * h + 4 * e + j}"  # noqa: E731  (bf16x2 weight pair j of row h, word e)
     xp = lambda e, j: f"${16 + 8 * j + e}"  # noqa: E731  (the input pair it multiplies; row 0's copy)
-    out = ["{", ".reg .b32 t, one, a<32>;", ".reg .b16 hs<2>, hm<2>;", ".reg .f32 d<16>, s<2>, m<2>;"]
-    # The scales and minimums first: their latency overlaps the rest.
-    out += ["ld.global.nc.b16 hs0, [$48];", "ld.global.nc.b16 hs1, [$52];"]
-    out += ["ld.global.nc.b16 hm0, [$56];", "ld.global.nc.b16 hm1, [$60];"]
+    out = ["{", ".reg .b32 t, one, a<32>;", ".reg .f32 d<16>;"]
     out += ["mov.b32 one, 0x3F803F80;"] + [f"mov.f32 d{i}, 0f00000000;" for i in range(16)]
     for h in range(2):
         for e in range(4):
@@ -73,15 +70,39 @@ def _mma_group_asm() -> str:
     out += ["add.f32 d8, d8, d12;", "add.f32 d0, d0, d4;", "add.f32 d2, d2, d6;"]
     out += ["fma.rn.f32 d0, d8, 0fC3000000, d0;", "fma.rn.f32 d2, d8, 0fC3000000, d2;"]
     for h in range(2):
-        out += [f"cvt.f32.bf16 s{h}, hs{h};", f"cvt.f32.bf16 m{h}, hm{h};"]
-        out += [f"fma.rn.f32 ${4 * h}, s{h}, d{2 * h}, ${64 + 4 * h};"]
-        out += [f"fma.rn.f32 ${4 * h + 1}, m{h}, d8, ${65 + 4 * h};"]
+        out += [f"fma.rn.f32 ${4 * h}, ${48 + 4 * h}, d{2 * h}, ${64 + 4 * h};"]
+        out += [f"fma.rn.f32 ${4 * h + 1}, ${56 + 4 * h}, d8, ${65 + 4 * h};"]
         out += [f"mov.f32 ${4 * h + i}, ${64 + 4 * h + i};" for i in (2, 3)]
     return "\n".join(out + ["}"])
 
 
 _MMA_GROUP = tl.constexpr(_mma_group_asm())
-_MMA_CONSTRAINTS = tl.constexpr(",".join(["=f"] * 8 + ["r"] * 40 + ["l"] * 16 + ["f"] * 8))
+_MMA_CONSTRAINTS = tl.constexpr(",".join(["=f"] * 8 + ["r"] * 40 + ["f"] * 24))
+
+
+@triton.jit
+def _load_bf16(ptr):
+    """bf16 values at (BLOCK_N,) addresses -> fp32, in the addresses' own layout: one 16-bit load a row. (A
+    tl.load of a strided vector gets a one-row-a-thread layout and a conversion through shared memory.)"""
+    if _ASM:
+        v = tl.inline_asm_elementwise("ld.global.nc.b16 $0, [$1];", "=h,l", [ptr], dtype=tl.bfloat16,
+                                      is_pure=True, pack=1)  # fmt: skip
+    else:
+        v = tl.load(ptr)
+    return v.to(tl.float32)
+
+
+@triton.jit
+def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g):
+    """Group g's loads: the rows' words (BLOCK_N, 16), scales and minimums (BLOCK_N,) fp32, and its 128
+    inputs as the four (16,) vectors of pairs that nibble pairs j = 0..3 of word w multiply."""
+    word = tl.load(w_rows + g * 16)
+    s = _load_bf16(s_ptr + sm_rows + g)
+    m = _load_bf16(m_ptr + sm_rows + g)
+    xg = x_ptr + g * 128 + rw
+    x0, x1, x2, x3 = tl.load(xg), tl.load(xg + 16), tl.load(xg + 32), tl.load(xg + 48)
+    x4, x5, x6, x7 = tl.load(xg + 64), tl.load(xg + 80), tl.load(xg + 96), tl.load(xg + 112)
+    return word, s, m, _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
 
 
 @triton.jit
@@ -102,13 +123,13 @@ def _bf16_hi(pair):
 
 
 @triton.jit
-def _group(word, xp0, xp1, xp2, xp3, sp, mp, acc):
-    """acc (BLOCK_N, 16) += this group's s (D - 128 X) + m X, spread over the accumulator slots; sp and mp
-    (BLOCK_N,) point at the rows' scale and minimum."""
+def _group(word, xp0, xp1, xp2, xp3, s, m, acc):
+    """acc (BLOCK_N, 16) += this group's s (D - 128 X) + m X, spread over the accumulator slots; s and m
+    (BLOCK_N,) fp32 are the rows' scale and minimum."""
     if _ASM:
         acc = tl.inline_asm_elementwise(
             _MMA_GROUP, _MMA_CONSTRAINTS,
-            [word, xp0[None, :], xp1[None, :], xp2[None, :], xp3[None, :], sp[:, None], mp[:, None], acc],
+            [word, xp0[None, :], xp1[None, :], xp2[None, :], xp3[None, :], s[:, None], m[:, None], acc],
             dtype=tl.float32, is_pure=True, pack=8,
         )  # fmt: skip
     else:
@@ -129,14 +150,13 @@ def _group(word, xp0, xp1, xp2, xp3, sp, mp, acc):
             q_hi = ((word >> (16 + 4 * j)) & 0xF).to(tl.float32)
             d += (128.0 + q_lo) * lo[None, :] + (128.0 + q_hi) * hi[None, :]
             xs += lo + hi
-        s = tl.load(sp).to(tl.float32)[:, None]
-        m = tl.load(mp).to(tl.float32)[:, None]
-        acc += s * (d - 128.0 * xs[None, :]) + m * xs[None, :]
+        acc += s[:, None] * (d - 128.0 * xs[None, :]) + m[:, None] * xs[None, :]
     return acc
 
 
 def _configs() -> list:
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (2, 4, 8) for s in (1, 2, 3)]
+    pairs = [(w, p) for w in (2, 4, 8) for p in (True, False)]
+    return [triton.Config({"PREFETCH": p}, num_warps=w, num_stages=1) for w, p in pairs]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -146,7 +166,8 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(configs=_configs(), key=["N", "KW"], cache_results=True, do_bench=_bench,
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK_N: tl.constexpr):
+def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK_N: tl.constexpr,
+               PREFETCH: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
     pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -158,24 +179,20 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
     acc = tl.zeros((BLOCK_N, 16), tl.float32)
     # No masks in the loop: rows past N read row N - 1 (their sums are not stored), and the loop runs over
-    # this split's groups only.
+    # this split's groups only. Each step issues the next group's loads before the mma of this one.
     w_rows = w32 + rn_in[:, None] * KW + rw[None, :]
     sm_rows = rn_in * NG
-    for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
-        g = g_lo + i
-        word = tl.load(w_rows + g * 16)
-        sm = sm_rows + g
-        xg = x_ptr + g * 128 + rw
-        x0 = tl.load(xg)
-        x1 = tl.load(xg + 16)
-        x2 = tl.load(xg + 32)
-        x3 = tl.load(xg + 48)
-        x4 = tl.load(xg + 64)
-        x5 = tl.load(xg + 80)
-        x6 = tl.load(xg + 96)
-        x7 = tl.load(xg + 112)
-        xp0, xp1, xp2, xp3 = _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
-        acc = _group(word, xp0, xp1, xp2, xp3, s_ptr + sm, m_ptr + sm, acc)
+    if PREFETCH:
+        word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo)
+        for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
+            g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
+            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next)
+            acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
+            word, s, m, xp0, xp1, xp2, xp3 = nxt
+    else:
+        for i in range(0, g_hi - g_lo):
+            word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i)
+            acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
     out = tl.sum(acc, axis=1)
     if _ASM:
         out = out * 0.25  # each lane of a quad added the whole group's sums
