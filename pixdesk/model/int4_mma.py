@@ -93,16 +93,34 @@ def _load_bf16(ptr):
 
 
 @triton.jit
-def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g):
-    """Group g's loads: the rows' words (BLOCK_N, 16), scales and minimums (BLOCK_N,) fp32, and its 128
-    inputs as the four (16,) vectors of pairs that nibble pairs j = 0..3 of word w multiply."""
-    word = tl.load(w_rows + g * 16)
-    s = _load_bf16(s_ptr + sm_rows + g)
-    m = _load_bf16(m_ptr + sm_rows + g)
+def _load_bf16_as_words(ptr, idx):
+    """bf16 ptr[idx] -> fp32 through a 4-byte load of the word holding it (cp.async copies 4 bytes or more;
+    the buffer must be 4-byte aligned)."""
+    word = tl.load(ptr.to(tl.pointer_type(tl.int32)) + idx // 2)
+    return ((word >> ((idx & 1) * 16)) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _load_sm(s_ptr, m_ptr, sm_rows, g):
+    return _load_bf16(s_ptr + sm_rows + g), _load_bf16(m_ptr + sm_rows + g)
+
+
+@triton.jit
+def _load_x(x_ptr, rw, g):
+    """Group g's 128 inputs as four (16,) vectors: the pairs that nibble pairs j = 0..3 of word w multiply."""
     xg = x_ptr + g * 128 + rw
     x0, x1, x2, x3 = tl.load(xg), tl.load(xg + 16), tl.load(xg + 32), tl.load(xg + 48)
     x4, x5, x6, x7 = tl.load(xg + 64), tl.load(xg + 80), tl.load(xg + 96), tl.load(xg + 112)
-    return word, s, m, _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
+    return _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
+
+
+@triton.jit
+def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g):
+    """Group g's loads: the rows' words (BLOCK_N, 16), scales and minimums (BLOCK_N,) fp32, and its 128
+    inputs as the four (16,) vectors of pairs that nibble pairs j = 0..3 of word w multiply."""
+    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g)
+    xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
+    return tl.load(w_rows + g * 16), s, m, xp0, xp1, xp2, xp3
 
 
 @triton.jit
@@ -155,8 +173,9 @@ def _group(word, xp0, xp1, xp2, xp3, s, m, acc):
 
 
 def _configs() -> list:
-    pairs = [(w, p) for w in (2, 4, 8) for p in (True, False)]
-    return [triton.Config({"PREFETCH": p}, num_warps=w, num_stages=1) for w, p in pairs]
+    pairs = [(w, p) for w in (4, 8) for p in (True, False)]
+    staged = [triton.Config({"PREFETCH": False, "STAGES": s}, num_warps=w) for w in (4, 8) for s in (3, 4, 6)]
+    return [triton.Config({"PREFETCH": p, "STAGES": 1}, num_warps=w) for w, p in pairs] + staged
 
 
 def _prune(configs, named_args, **kwargs):
@@ -167,7 +186,7 @@ def _prune(configs, named_args, **kwargs):
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
 def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK_N: tl.constexpr,
-               PREFETCH: tl.constexpr):  # fmt: skip
+               PREFETCH: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
     pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -182,7 +201,15 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK
     # this split's groups only. Each step issues the next group's loads before the mma of this one.
     w_rows = w32 + rn_in[:, None] * KW + rw[None, :]
     sm_rows = rn_in * NG
-    if PREFETCH:
+    if STAGES > 1:
+        # Triton's pipeliner: STAGES - 1 groups in flight in shared memory (cp.async), the scales and
+        # minimums read as the 4-byte words that hold them (cp.async copies no less).
+        for i in tl.range(0, g_hi - g_lo, num_stages=STAGES):
+            g = g_lo + i
+            s0, m0 = _load_bf16_as_words(s_ptr, sm_rows + g), _load_bf16_as_words(m_ptr, sm_rows + g)
+            xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
+            acc = _group(tl.load(w_rows + g * 16), xp0, xp1, xp2, xp3, s0, m0, acc)
+    elif PREFETCH:
         word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo)
         for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
             g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
@@ -204,11 +231,16 @@ def supported(x: torch.Tensor, group: int) -> bool:
     return x.shape[0] == 1 and x.dtype == torch.bfloat16 and group == GROUP
 
 
+def aligned(scales: torch.Tensor, mins: torch.Tensor) -> bool:
+    """The pipelined loop reads scales and minimums as 4-byte words."""
+    return scales.data_ptr() % 4 == 0 and mins.data_ptr() % 4 == 0
+
+
 def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     """x (1, K) bf16 contiguous @ dequantized int4 (N, K).T -> partial sums (S, 1, N): fp32 when S > 1,
     else bf16; the product is their sum over the first dimension (as int4_triton.int4_gemv)."""
     K, N = x.shape[1], qweight.shape[0]
-    if not supported(x, K // scales.shape[1]) or K % GROUP:
+    if not supported(x, K // scales.shape[1]) or K % GROUP or not aligned(scales, mins):
         raise ValueError(f"the int4 mma GEMV takes one bf16 row and group size {GROUP}, got {tuple(x.shape)}")
     S = splits(N, K, GROUP, 1, x.device)
     y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)

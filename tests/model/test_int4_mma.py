@@ -16,8 +16,13 @@ CHECK = textwrap.dedent(
     from pixdesk.model import int4_mma, quant
     g = torch.Generator().manual_seed(0)
     worst, splits = 0.0, set()
+    kernel = int4_mma._gemv1_mma
+    loops = {(c.kwargs["PREFETCH"], c.kwargs["STAGES"] > 1): c for c in kernel.configs}
+    assert len(loops) == 3, loops  # the plain loop, the register prefetch, the pipelined one
     # rows that end mid-program (40, 136), several groups a split, and K splits (the interpreter has 4 SMs)
-    for n, k in ((48, 256), (40, 384), (136, 1280), (8, 2048), (24, 4096)):
+    shapes = ((48, 256), (40, 384), (136, 1280), (8, 2048), (24, 4096))
+    for (n, k), config in zip(shapes * 3, [c for c in loops.values() for _ in shapes]):
+        kernel.configs, kernel.cache = [config], {}
         w = torch.randn(n, k, generator=g)
         x = torch.randn(1, k, generator=g).to(torch.bfloat16)
         lin = quant.Int4Linear.from_float(w)
@@ -29,7 +34,7 @@ CHECK = textwrap.dedent(
         worst = max(worst, float((y.float() - ref).abs().max() / ref.abs().max()))
     assert worst < 1e-2, worst
     assert 1 in splits and len(splits) >= 2, splits
-    print("ok", worst, sorted(splits))
+    print("ok", worst, sorted(splits), len(loops))
     """
 )
 
