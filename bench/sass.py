@@ -21,7 +21,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from pixdesk.model import int4_triton, quant_triton
+from pixdesk.model import int4_mma, int4_triton, quant_triton
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 I4 = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "m_ptr": "*bf16", "y_ptr": "*fp32"}
@@ -39,6 +39,18 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
          "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
         {"G": 128, "MB": 8, "BLOCK_N": 64}, ("N", "KW"), 64 * 128 // 128, 4,
     ),
+    "int4 mma one row": (  # the register-prefetch loop, 4 warps (one of the autotuned forms)
+        int4_mma._gemv1_mma.fn,
+        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", "BLOCK_N": "constexpr",
+         "PREFETCH": "constexpr", "STAGES": "constexpr"},
+        {"BLOCK_N": 128, "PREFETCH": True, "STAGES": 1}, ("N", "KW"), 128 * 128 // 128, 4,
+    ),
+    "int4 mma one row, pipelined": (  # Triton's cp.async pipeline, 4 warps
+        int4_mma._gemv1_mma.fn,
+        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", "BLOCK_N": "constexpr",
+         "PREFETCH": "constexpr", "STAGES": "constexpr"},
+        {"BLOCK_N": 128, "PREFETCH": False, "STAGES": 3}, ("N", "KW"), 128 * 128 // 128, 4,
+    ),
     "int8 one row": (
         quant_triton._int8_gemv.fn,
         {"x_ptr": "*bf16", "w_ptr": "*i8", "s_ptr": "*fp32", "y_ptr": "*bf16", "M": "i32", "N": "i32",
@@ -54,7 +66,9 @@ def compile_kernel(fn, signature: dict, constexprs: dict, hinted, arch: int, war
     names = list(signature)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if a.endswith("_ptr") or a in hinted}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 3})
+    return triton.compile(
+        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 3}
+    )
 
 
 def sass_of(cubin: bytes, path: Path) -> str:
@@ -74,7 +88,9 @@ def main_loop(sass: str) -> list[tuple[int, str]]:
 
 
 def regs(path: Path) -> str:
-    out = subprocess.run([str(BIN / "cuobjdump"), "--dump-resource-usage", str(path)], capture_output=True, text=True)
+    out = subprocess.run(
+        [str(BIN / "cuobjdump"), "--dump-resource-usage", str(path)], capture_output=True, text=True
+    )
     m = re.search(r"REG:(\d+)", out.stdout)
     return m.group(1) if m else "?"
 
@@ -86,7 +102,9 @@ def main() -> None:
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     print(f"sm_{a.arch}, triton {triton.__version__}")
-    print("| kernel | regs | loads | loop barriers | layout conversions | loop instructions / weight | top opcodes |")
+    print(
+        "| kernel | regs | loads | loop barriers | layout conversions | loop instructions / weight | top opcodes |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, (fn, sig, consts, hinted, weights, warps) in KERNELS.items():
         c = compile_kernel(fn, sig, consts, hinted, a.arch, warps)

@@ -261,11 +261,11 @@ def quantized_bytes(model: nn.Module) -> int:
 
 
 TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode copies of int4 weights
-# int4 decode on CUDA: "tinygemm" (torch's kernel on a second copy, where memory allows; else the Triton GEMV)
-# or "triton" (int4_triton's GEMV on the one canonical copy). The 161 linears of a 12B model at one row on an
-# H200 (bench/kernels.py, session 6): tinygemm 3.56 ms, Triton 3.97 ms; rows 2..16 always take the Triton
-# kernel (quant_ops.TINYGEMM_ROWS).
-INT4_DECODE = "tinygemm"
+# int4 decode on CUDA: "triton" (our kernels on the one canonical copy: int4_mma's tensor-core GEMV for one
+# row, int4_triton's for 2..16) or "tinygemm" (torch's kernel for one row, on a second copy, where memory
+# allows). The 161 linears of a 12B model at one row on an H200 (bench/kernels.py, session 9, one sitting):
+# int4_mma 2.92 ms, tinygemm 3.56, int4_triton's one-row kernel 3.95. So the second copy (+6 GB) buys nothing.
+INT4_DECODE = "triton"
 
 
 def prepare_for_device(model: nn.Module) -> nn.Module:

@@ -20,10 +20,13 @@ import torch
 import torch.nn.functional as F
 
 DECODE_ROWS = 16  # at most this many rows take the GEMV kernels
-# tinygemm's copy (quant.INT4_DECODE) serves one row only: the 161 linears of a 12B model on an H200
-# (bench/kernels.py, session 6) take 3.56 ms there against 3.97 in int4_triton's one-row GEMV, but at 8 rows
-# 9.06 ms against 4.42 in int4_triton's tensor-core kernel.
+# tinygemm's copy (quant.INT4_DECODE = "tinygemm", off by default) serves one row only: the 161 linears of a
+# 12B model on an H200 (bench/kernels.py, session 6) take 3.56 ms there against 3.97 in int4_triton's one-row
+# GEMV, but at 8 rows 9.06 ms against 4.42 in int4_triton's tensor-core kernel.
 TINYGEMM_ROWS = 1
+# One bf16 row with groups of 128 takes the tensor-core GEMV (int4_mma.py): the 161 linears in 2.92 ms on an
+# H200 against 3.56 (tinygemm) and 3.95 (int4_triton's one-row kernel), session 9.
+INT4_MMA = True
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
@@ -33,13 +36,14 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kernels():
-    """Our Triton kernels (int8 and int4 modules), or None where Triton is missing (CUDA builds of torch on
-    Windows): then the quantized products fall back to dequantizing with plain torch ops (correct, slower)."""
+    """Our Triton kernels (int8, int4 and the one-row int4 mma modules), or None where Triton is missing (CUDA
+    builds of torch on Windows): then the quantized products fall back to dequantizing with plain torch ops
+    (correct, slower)."""
     try:
-        from pixdesk.model import int4_triton, quant_triton
+        from pixdesk.model import int4_mma, int4_triton, quant_triton
     except ImportError:
         return None
-    return quant_triton, int4_triton
+    return quant_triton, int4_triton, int4_mma
 
 
 def pack_int4(q: torch.Tensor, group: int) -> torch.Tensor:
@@ -168,6 +172,9 @@ def _int4_linear_op(
     kernels = _kernels()
     if kernels is None:
         return F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype)).unsqueeze(0)
+    mma = kernels[2]
+    if INT4_MMA and mma.supported(x, group) and mma.aligned(scales, mins):
+        return mma.int4_gemv_mma(x, qweight, scales, mins)
     if x.shape[0] <= DECODE_ROWS:
         return kernels[1].int4_gemv(x, qweight, scales, mins, group)
     w = kernels[1].int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary

@@ -41,3 +41,18 @@ def test_int8_one_row_loop_turns_a_byte_into_a_float_with_one_prmt(tmp_path):
     assert ops["LDG"] >= 1 and "I2F" not in ops  # no int-to-float conversions (a quarter of the FMA rate)
     assert ops["PRMT"] <= 1.1 * weights and ops["LOP3"] <= 0.3 * weights  # one PRMT a byte, one XOR a word
     assert len(loop) / weights < 4.6  # 4.2 (the shift-and-mask form: 5.2)
+
+
+def test_int4_mma_loop_turns_two_nibbles_into_one_register_and_multiplies_on_the_tensor_cores(tmp_path):
+    loop, weights = _loop("int4 mma one row", tmp_path)
+    ops = Counter(op.split(".")[0] for _, op in loop)
+    assert ops["HMMA"] >= 1 and "BAR" not in ops  # the blocked tile is the A fragment: no shared memory
+    assert ops["LOP3"] <= 0.7 * weights  # one LOP3 a nibble pair (plus the inputs' pairing)
+    assert len(loop) / weights < 2.2  # 1.9 (int4_triton's one-row FMA kernel: 5.0)
+
+
+def test_int4_mma_pipelined_loop_copies_words_inputs_and_scales_asynchronously(tmp_path):
+    loop, weights = _loop("int4 mma one row, pipelined", tmp_path)
+    ops = Counter(op for _, op in loop)
+    assert ops["LDGSTS.E.BYPASS.128"] >= 1 and ops["LDGSTS.E"] >= 1  # words, and the scale words
+    assert not [op for op in ops if op.startswith("LDG.")]  # nothing left synchronous
