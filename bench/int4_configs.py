@@ -14,7 +14,7 @@ import torch
 import triton
 
 from pixdesk.model import int4_mma
-from pixdesk.model.quant import Int4Linear
+from pixdesk.model.quant import Int4Linear, dequantize
 
 SHAPES = [(6144, 5120), (5120, 4096), (28672, 5120), (5120, 14336), (131072, 5120)]
 
@@ -29,15 +29,17 @@ def main() -> None:
         lin = Int4Linear.from_float(torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5)
         x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
         nbytes = sum(b.numel() * b.element_size() for b in lin.buffers())
+        ref = x.float() @ dequantize(lin).float().T
         row = []
         for c in configs:
             kernel.configs, kernel.cache = [c], {}
             fn = lambda x=x, lin=lin: int4_mma.int4_gemv_mma(x, lin.qweight, lin.scales, lin.mins)  # noqa: E731
+            err = float((fn().float().sum(0) - ref).abs().max() / ref.abs().max())
             us = triton.testing.do_bench(fn, warmup=10, rep=50) * 1e3
-            row.append(us)
-            res[f"{n}x{k} {c}"] = {"us": us, "GBps": nbytes / us / 1e3}
+            row.append(us if err < 4e-3 else float("inf"))  # a wrong config never wins
+            res[f"{n}x{k} {c}"] = {"us": us, "GBps": nbytes / us / 1e3, "rel_err": err}
         best = min(row)
-        cells = [f"**{us:.1f}**" if us == best else f"{us:.1f}" for us in row]
+        cells = [f"**{us:.1f}**" if us == best else f"{us:.1f}" for us in row]  # inf: wrong result
         print(f"| {n}x{k} ({nbytes / best / 1e3:.0f} GB/s) | " + " | ".join(cells) + " |", flush=True)
     kernel.configs, kernel.cache = configs, {}
     out = Path(os.environ.get("OUT", "bench-out"))
