@@ -39,6 +39,9 @@ class VisionGraphs:
         self.pending: list[tuple] = []
         self.eager_only: set[tuple] = set()  # grids whose capture failed or did not fit
         self.replays = 0
+        # Off during the engine's warm-up: its tiny image is no grid a user sends, and a capture on the idle
+        # engine thread must not overlap the warm-up's own kernel launches from the caller's thread.
+        self.queue_new_grids = False
 
     @staticmethod
     def key(pixels: torch.Tensor) -> tuple:
@@ -49,7 +52,7 @@ class VisionGraphs:
         key = self.key(pixels)
         found = self.graphs.get(key)
         if found is None:
-            if key not in self.eager_only and key not in self.pending:
+            if self.queue_new_grids and key not in self.eager_only and key not in self.pending:
                 self.pending.append(key)
             return self.model.encode_images([pixels], self.blocks)
         graph, pixels_in, feats_out = found
