@@ -175,9 +175,10 @@ def warm_attention(model, cache: KVCache, bucket_size: int, row_counts, row_slot
     return sum(warm_variants(k, v, heads, rows, buckets, row_slots) for rows in row_counts)
 
 
-def capture(fn, args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+def capture(fn, args: tuple, pool, error_mode: str = "global") -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Run `fn(*args)` twice on a side stream (compilation, kernel tuning, allocator warm-up), then capture
-    one call into a CUDA graph using memory pool `pool`. Returns the graph and its output buffer."""
+    one call into a CUDA graph using memory pool `pool`. Returns the graph and its output buffer.
+    `error_mode`: torch.cuda.graph's capture_error_mode ("thread_local" lets other threads use the device)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -185,7 +186,7 @@ def capture(fn, args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
             fn(*args)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    with torch.cuda.graph(graph, pool=pool, capture_error_mode=error_mode):
         out = fn(*args)
     return graph, out
 

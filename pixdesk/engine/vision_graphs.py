@@ -78,7 +78,8 @@ class VisionGraphs:
         pixels_in = torch.zeros(key[:3], dtype=key[3], device=device)
         try:
             with torch.inference_mode():
-                graph, feats = capture(self._encode, (pixels_in,), None)
+                # thread_local: an HTTP thread touching the device meanwhile is no capture error
+                graph, feats = capture(self._encode, (pixels_in,), None, "thread_local")
         except torch.OutOfMemoryError:
             self.eager_only.add(key)
             torch.cuda.empty_cache()
