@@ -159,6 +159,15 @@ class Int4Linear(nn.Module):
             return self._forward_cpu(x)
         return quant_ops.int4_linear(x, self.qweight, self.scales, self.mins, self.group_size)
 
+    def partials(self, x: torch.Tensor) -> torch.Tensor:
+        """x (M, K) -> (S, M, N) partial products (quant_ops.linear_partials): on CUDA the decode GEMVs'
+        K-split partials, which the decode step's add + RMSNorm and RoPE kernels sum (no sum kernel)."""
+        if x.is_cuda and self.cuda_pack is None:
+            return quant_ops.int4_linear_partials(
+                x.contiguous(), self.qweight, self.scales, self.mins, self.group_size
+            )
+        return self(x)[None]
+
     def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Decode rows through torch's CPU int4 kernel (bf16 activations, its own packed copy); prefill and
         group sizes it lacks (tiny test models) multiply by the dequantized weight (quant_ops says why)."""

@@ -190,6 +190,11 @@ def _(x, qweight, scales, mins, group):
     return x.new_empty(S, M, N, dtype=kernels[0].partials_dtype(S, x.dtype))
 
 
+def int4_linear_partials(x, qweight, scales, mins, group: int) -> torch.Tensor:
+    """x (M, K) contiguous on CUDA -> (S, M, N) K-split partials whose sum is the product."""
+    return _int4_linear_op(x, qweight, scales, mins, group)
+
+
 def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
     """x (..., K) on CUDA @ dequantized (N, K).T -> (..., N). The K-split partials are summed here, where
     the compiled decode step fuses the sum into the next kernel."""
