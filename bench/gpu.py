@@ -185,8 +185,6 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     res["ttft_warm_first_ms"] = res["ttft_warm_ms_all"][0]
     res["ttft_warm_ms"] = sorted(res["ttft_warm_ms_all"][1:])[1]
     res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"] - before  # small when the prefix hits
-    vision = eng.scheduler.prefiller.vision
-    res["vision_graph_replays"] = vision.replays if vision is not None else None  # of the images above
     res["ttft_cold_ms_default_chunk"] = ttft_with_default_chunk(eng)
     checkpoint()
     runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]

@@ -19,7 +19,6 @@ from bench.gpu_merge import ttft_flop_minimum
 from bench.gpu_model import DEVICE, IMAGE_GRID, PIXTRAL_12B, image_prompt, random_model
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.generate import prefill
-from pixdesk.engine.vision_graphs import VisionGraphs
 from pixdesk.model import layers
 from pixdesk.model.quant import QuantSpec, quantize_model
 from pixdesk.model.regions import CompiledBlocks
@@ -132,11 +131,6 @@ def main() -> None:
             fol = timed(lambda b=blocks: prefill(m, kv, 0, follow, n, blocks=b), repeat=10)
             rows.append((label, vis, dec, fol, first))
         layers.NATIVE_GQA = True
-        graphs = VisionGraphs(m, regions)  # the vision encoder as a CUDA graph for this grid
-        graphs.queue_new_grids = True
-        graphs.encode(pixels[0])
-        assert graphs.capture_pending() and graphs.graphs, "no vision graph captured"
-        vis_graph = timed(lambda: graphs.encode(pixels[0]))
         if args.profile:
             kernel_tables(m, kv, embeds, pixels, CompiledBlocks())
     mins = {k: f / (tflops * 1e12) * 1e3 for k, f in flops_parts().items()}
@@ -149,9 +143,6 @@ def main() -> None:
     for label, vis, dec, fol, first in rows:
         ratio = (vis + dec) / (mins["vision"] + mins["decoder"])
         print(f"| {label} | {vis:.1f} | {dec:.1f} | {ratio:.2f} | {fol:.1f} | {first:.1f} |")
-    dec = rows[-1][2]
-    ratio = (vis_graph + dec) / (mins["vision"] + mins["decoder"])
-    print(f"| {rows[-1][0]}, vision as a CUDA graph | {vis_graph:.1f} | {dec:.1f} | {ratio:.2f} | | |")
 
 
 if __name__ == "__main__":

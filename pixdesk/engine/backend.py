@@ -135,8 +135,6 @@ class LocalEngine:
                 self.warm_up()
             except Exception:  # an optimisation only: the first request then pays the compile instead
                 log.exception("warm-up failed; the first request will compile the decode step")
-        if self.scheduler.prefiller.vision is not None:  # from now on, images of a new size get a graph
-            self.scheduler.prefiller.vision.queue_new_grids = True
         return self
 
     def warm_up(self) -> float:

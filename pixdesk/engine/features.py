@@ -39,11 +39,11 @@ class FeatureCache:
 
 
 def prompt_features(
-    model, prompt: EncodedPrompt, start: int, cache: FeatureCache, stats, encode=None
+    model, prompt: EncodedPrompt, start: int, cache: FeatureCache, stats, blocks=None
 ) -> torch.Tensor | None:
     """Feature rows for the [IMG] tokens at positions >= start, in token order (None if there are none).
 
-    `encode`: pixels -> one image's features (compiled regions, a CUDA graph); default the eager encoder."""
+    `blocks`: the vision encoder's layers as compiled regions (model/regions.py)."""
     img_id = model.args.vision.image_token_id if model.args.vision else -1
     skip = sum(1 for t in prompt.ids[:start] if t == img_id)  # image rows already inside the reused prefix
     rows, seen = [], 0
@@ -53,7 +53,7 @@ def prompt_features(
             continue
         feats = cache.get(image.digest)
         if feats is None:
-            feats = encode(image.pixels) if encode else model.encode_images([image.pixels])
+            feats = model.encode_images([image.pixels], blocks)
             stats.vision_calls += 1
             cache.put(image.digest, feats)
         rows.append(feats[max(0, skip - lo) :])

@@ -5,9 +5,7 @@ prefill chunk.
   the images and tokens past it are encoded and embedded.
 - A chunk of at most 64 tokens (a follow-up question after a prefix hit, a short prompt) replays the rows
   graph (engine/graph_prefill.py): one weight read instead of ~20 launches per layer from Python.
-- Longer chunks and the vision encoder run their blocks as compiled regions (model/regions.py); on CUDA an
-  image whose patch grid was seen before replays that grid's CUDA graph (engine/vision_graphs.py, captured
-  when the engine is idle: `idle_work`).
+- Longer chunks and the vision encoder run their blocks as compiled regions (model/regions.py).
 - Otherwise (CPU, compile off) the eager blocks.
 
 The two compiled paths are optimisations: if one raises (a compiler error, not memory), the engine logs it
@@ -26,7 +24,6 @@ from pixdesk.engine.features import FeatureCache, prompt_features
 from pixdesk.engine.generate import prefill
 from pixdesk.engine.graph_prefill import GraphPrefill
 from pixdesk.engine.prefix import PrefixCache, chain_keys, token_keys
-from pixdesk.engine.vision_graphs import VisionGraphs
 from pixdesk.model.regions import CompiledBlocks
 from pixdesk.tokenizer.chat import EncodedPrompt
 
@@ -40,8 +37,6 @@ class Prefiller:
         self.model, self.kv = model, kv
         self.blocks = CompiledBlocks() if compiled else None
         self.rows = GraphPrefill(model, kv, blocks=self.blocks, kernel=kernel) if rows else None
-        cuda = compiled and kv.device.type == "cuda" and model.args.vision is not None
-        self.vision = VisionGraphs(model, self.blocks) if cuda else None
 
     def start(self, seq, prefix: PrefixCache, features: FeatureCache, stats) -> None:
         """A newly admitted sequence: its content keys, the longest cached prefix copied into its slot, the
@@ -64,26 +59,13 @@ class Prefiller:
     def features(self, prompt: EncodedPrompt, start: int, cache: FeatureCache, stats) -> torch.Tensor | None:
         """Image feature rows for the [IMG] tokens at positions >= start (engine/features.py)."""
         try:
-            return prompt_features(self.model, prompt, start, cache, stats, self._encode)
+            return prompt_features(self.model, prompt, start, cache, stats, self.blocks)
         except _RAISE:
             raise
         except Exception:
             if not self._give_up():
                 raise
             return prompt_features(self.model, prompt, start, cache, stats)
-
-    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        if self.vision is not None:
-            return self.vision.encode(pixels)
-        return self.model.encode_images([pixels], self.blocks)
-
-    def has_idle_work(self) -> bool:
-        return self.vision is not None and bool(self.vision.pending)
-
-    def idle_work(self) -> None:
-        """What waits for an idle engine: one vision graph capture."""
-        if self.vision is not None:
-            self.vision.capture_pending()
 
     def chunk(self, slot: int, part: torch.Tensor, start: int) -> torch.Tensor:
         """Embeddings (T, dim) at positions start.. into `slot` -> fp32 logits (V,) of the last position."""
@@ -101,8 +83,8 @@ class Prefiller:
 
     def _give_up(self) -> bool:
         """Drop the compiled paths after a failure; False when there were none (the error is real)."""
-        if self.rows is None and self.blocks is None and self.vision is None:
+        if self.rows is None and self.blocks is None:
             return False
         log.exception("compiled prefill failed; prefilling eagerly from now on")
-        self.rows = self.blocks = self.vision = None
+        self.rows = self.blocks = None
         return True

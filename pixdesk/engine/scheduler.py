@@ -143,15 +143,10 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self.cond:
-                while self.running and not self._has_work() and not self.prefiller.has_idle_work():
+                while self.running and not self._has_work():
                     self.cond.wait(timeout=1.0)
                 if not self.running:
                     return
-                idle = not self._has_work()
-            if idle:  # outside the lock: submissions queue meanwhile and run next
-                with torch.inference_mode():
-                    self.prefiller.idle_work()
-                continue
             self.run_once()
 
     def run_once(self) -> None:

@@ -175,10 +175,9 @@ def warm_attention(model, cache: KVCache, bucket_size: int, row_counts, row_slot
     return sum(warm_variants(k, v, heads, rows, buckets, row_slots) for rows in row_counts)
 
 
-def capture(fn, args: tuple, pool, error_mode: str = "global") -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+def capture(fn, args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
     """Run `fn(*args)` twice on a side stream (compilation, kernel tuning, allocator warm-up), then capture
-    one call into a CUDA graph using memory pool `pool`. Returns the graph and its output buffer.
-    `error_mode`: torch.cuda.graph's capture_error_mode ("thread_local" lets other threads use the device)."""
+    one call into a CUDA graph using memory pool `pool`. Returns the graph and its output buffer."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -186,7 +185,7 @@ def capture(fn, args: tuple, pool, error_mode: str = "global") -> tuple[torch.cu
             fn(*args)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool, capture_error_mode=error_mode):
+    with torch.cuda.graph(graph, pool=pool):
         out = fn(*args)
     return graph, out
 
