@@ -63,12 +63,7 @@ def run(model: Pixtral, ids: torch.Tensor) -> dict:
             logits = decode_step(model, kv, slot, torch.tensor([tok]), torch.tensor([PROMPT + i]))[0]
             tok = int(logits.argmax())
         decode_s = time.perf_counter() - t0
-    return {
-        "prefill_tok_s": PROMPT / prefill_s,
-        "decode_tok_s": STEPS / decode_s,
-        "logits": first,
-        "tokens": tokens,
-    }
+    return {"prefill_tok_s": PROMPT / prefill_s, "decode_tok_s": STEPS / decode_s, "logits": first, "tokens": tokens}
 
 
 def main() -> None:
@@ -100,9 +95,7 @@ def main() -> None:
                      "logit_cosine_vs_float": float(cos), "greedy_tokens_equal": f"{same}/{STEPS}"})  # fmt: skip
     print(f"CPU {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, activations {args.dtype}")  # fmt: skip
-    print(
-        f"{'weights':8} {'MB':>8} {'quant s':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'cosine':>8}  greedy ="
-    )
+    print(f"{'weights':8} {'MB':>8} {'quant s':>8} {'prefill tok/s':>14} {'decode tok/s':>13} {'cosine':>8}  greedy =")
     for r in rows:
         print(f"{r['mode']:8} {r['weight_MB']:8.1f} {r['quantize_s']:8.2f} {r['prefill_tok_s']:14.1f} "
               f"{r['decode_tok_s']:13.1f} {r['logit_cosine_vs_float']:8.5f}  {r['greedy_tokens_equal']}")  # fmt: skip

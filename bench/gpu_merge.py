@@ -81,9 +81,7 @@ def merge(d: Path) -> Path:
             "merged": time.strftime("%Y-%m-%d %H:%M:%S"),
             "commands": {n: _load(d, n).get("argv") for n in STAGES},
             # stages of different sittings can be joined: each says which commit ran it and when
-            "stage_runs": {
-                n: [_load(d, n).get("git_sha"), _load(d, n).get("when")] for n in STAGES if _load(d, n)
-            },
+            "stage_runs": {n: [_load(d, n).get("git_sha"), _load(d, n).get("when")] for n in STAGES if _load(d, n)},
             "torch": bf16.get("torch"),
             "context_tokens": {"prompt": PROMPT_TOKENS, "generated": GENERATED},
         },
@@ -100,17 +98,11 @@ def merge(d: Path) -> Path:
         "bf16": {
             "decode_tok_s_b1": bf16.get("decode_tok_s_b1"),
             "decode_tok_s_b8": bf16.get("decode_tok_s_b8"),
-            "decode_tok_s_b1_in_8_slots": bf16.get(
-                "decode_tok_s_b1_in_8_slots"
-            ),  # a lone request, 7 idle slots
+            "decode_tok_s_b1_in_8_slots": bf16.get("decode_tok_s_b1_in_8_slots"),  # a lone request, 7 idle slots
             "ttft_cold_ms": bf16.get("ttft_cold_ms"),
-            "ttft_cold_ms_default_chunk": bf16.get(
-                "ttft_cold_ms_default_chunk"
-            ),  # the daemon's 512-token chunks
+            "ttft_cold_ms_default_chunk": bf16.get("ttft_cold_ms_default_chunk"),  # the daemon's 512-token chunks
             "ttft_warm_ms": bf16.get("ttft_warm_ms"),
-            "ttft_warm_first_ms": bf16.get(
-                "ttft_warm_first_ms"
-            ),  # the first follow-up captures its rows graph
+            "ttft_warm_first_ms": bf16.get("ttft_warm_first_ms"),  # the first follow-up captures its rows graph
             "peak_mem_gb": bf16.get("peak_mem_gb"),
             "ready_cold_s": ready.get("ready_cold_s"),
             "ready_warm_s": ready.get("ready_warm_s"),
@@ -135,10 +127,7 @@ def merge(d: Path) -> Path:
 
 def _git_sha() -> str | None:
     try:
-        return (
-            subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-            or None
-        )
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip() or None
     except OSError:
         return None
 

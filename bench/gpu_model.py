@@ -87,30 +87,12 @@ def our_full_logits(model: Pixtral, prompt: EncodedPrompt) -> torch.Tensor:
 def hf_config():
     from transformers import LlavaConfig, MistralConfig, PixtralVisionConfig
 
-    text = MistralConfig(
-        hidden_size=5120,
-        head_dim=128,
-        intermediate_size=14336,
-        num_hidden_layers=40,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        rms_norm_eps=1e-5,
-        rope_theta=1e9,
-        max_position_embeddings=131072,
-        sliding_window=None,
-        vocab_size=131072,
-    )
-    vision = PixtralVisionConfig(
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        head_dim=64,
-        image_size=1024,
-        patch_size=16,
-        rope_theta=10000.0,
-        hidden_act="silu",
-    )
+    text = MistralConfig(hidden_size=5120, head_dim=128, intermediate_size=14336, num_hidden_layers=40,
+                         num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5, rope_theta=1e9,
+                         max_position_embeddings=131072, sliding_window=None, vocab_size=131072)
+    vision = PixtralVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                 num_attention_heads=16, head_dim=64, image_size=1024, patch_size=16,
+                                 rope_theta=10000.0, hidden_act="silu")
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=10, projector_hidden_act="gelu",
                       vision_feature_layer=-1, vision_feature_select_strategy="full")  # fmt: skip
     cfg._attn_implementation = "sdpa"

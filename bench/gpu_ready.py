@@ -34,9 +34,7 @@ def stage_ready(args, save) -> None:
     t0 = time.perf_counter()
     res["checkpoint_bytes"] = write_real_checkpoint(ckpt_dir)
     res["write_s"] = time.perf_counter() - t0
-    res["page_cache_GBps"] = _warm_page_cache(
-        ckpt_dir / "consolidated.safetensors"
-    )  # "weights in the page cache"
+    res["page_cache_GBps"] = _warm_page_cache(ckpt_dir / "consolidated.safetensors")  # "weights in the page cache"
     res["host_memory"] = _host_memory()  # why the page cache may not keep the file
     cache = Path(args.scratch) / "compile-cache"
     # READY_VARIANTS=no_prewarm,reserve adds warm children with one change each (VARIANTS says which).
@@ -45,14 +43,7 @@ def stage_ready(args, save) -> None:
     # caches' file counts after each child say what the second one still wrote.
     extra = [v for v in os.environ.get("READY_VARIANTS", "").split(",") if v]
     for label in ("cold", "warm", "warm_again", *extra):
-        cmd = [
-            sys.executable,
-            str(ROOT / "bench" / "gpu.py"),
-            "--stage",
-            "ready-child",
-            "--model",
-            str(ckpt_dir),
-        ]
+        cmd = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--stage", "ready-child", "--model", str(ckpt_dir)]
         t0 = time.perf_counter()
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache), "PYTHONPATH": str(ROOT),
                "PIXDESK_BENCH_T0": repr(time.time()), "PIXDESK_READY_VARIANT": label}  # fmt: skip
@@ -146,18 +137,8 @@ def stage_ready_child(args, engine_for, timed_run, prompt) -> None:
     sync()
     load_s = time.perf_counter() - t0
     if os.environ.get("READY_LOAD_ONLY") == "1":
-        print(
-            json.dumps(
-                {
-                    "imports_s": since_spawn_s + context_s,
-                    "cuda_context_s": context_s,
-                    "load_s": load_s,
-                    "load_parts_s": parts,
-                    "variant": VARIANTS.get(variant, variant),
-                    "engine_start_s": 0.0,
-                }
-            )
-        )
+        print(json.dumps({"imports_s": since_spawn_s + context_s, "cuda_context_s": context_s, "load_s": load_s,
+                          "load_parts_s": parts, "variant": VARIANTS.get(variant, variant), "engine_start_s": 0.0}))
         return
     t1 = time.perf_counter()
     eng = engine_for(ckpt, 1, start=False, prefix_cache_bytes=2**30)  # KV sizing
@@ -210,6 +191,7 @@ def _time_load_parts() -> dict:
     for name in ("find_checkpoint", "manifest", "build_model", "load_tokenizer"):
         setattr(checkpoint, name, timed(name, getattr(checkpoint, name)))
     return parts
+
 
 
 def default_scratch() -> str:

@@ -123,9 +123,7 @@ def main() -> None:
     ap.add_argument("--skip-old", action="store_true", help="time only the streamer")
     ap.add_argument("--chunk-mib", type=int, default=None, help="the streamer's chunk (staging buffer) size")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument(
-        "--keep", type=Path, default=None, help="checkpoint folder to write, or to read if it holds one"
-    )
+    ap.add_argument("--keep", type=Path, default=None, help="checkpoint folder to write, or to read if it holds one")
     a = ap.parse_args()
     if a.chunk_mib:
         stream.CHUNK_BYTES = a.chunk_mib << 20

@@ -37,9 +37,7 @@ with torch.inference_mode():
     t = time.time()
     sd.step(slots, tok, pos(4200))
     torch.cuda.synchronize()
-    print(
-        f"{args.quant} slots={args.slots}: first step (compile + capture) {time.time() - t:.1f}s", flush=True
-    )
+    print(f"{args.quant} slots={args.slots}: first step (compile + capture) {time.time() - t:.1f}s", flush=True)
     for i in range(5):
         sd.step(slots, tok, pos(4201 + i))
     torch.cuda.synchronize()
@@ -58,7 +56,4 @@ with torch.inference_mode():
         for _ in range(3):
             graph.replay()
         torch.cuda.synchronize()
-    print(
-        prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60),
-        flush=True,
-    )
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60), flush=True)
