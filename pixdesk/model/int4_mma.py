@@ -2,7 +2,7 @@
 
 int4_triton's one-row kernel turns each nibble into an fp32 and multiplies it with an FMA: ~5 instructions
 a weight, and it ran at 1.55 TB/s of int4 bytes on an H200, issue-bound (the int8 kernel, at 4.2
-instructions a byte, reaches ~3.3 TB/s; 5 a weight is 10 a byte). Here a weight costs ~1.4:
+instructions a byte, reaches ~3.3 TB/s; 5 a weight is 10 a byte). Here the loop spends ~1.9 (bench/sass.py):
 - Two nibbles become one bf16x2 register with one LOP3: nibbles j and j + 4 of a word (bits 4j and 16 + 4j)
   masked in place under the exponent of 128 (`(word >> 4j) & 0x000F000F | 0x43004300`) read as the bf16 pair
   (128 + q_j, 128 + q_j+4), exactly. Pairs 1..3 first shift the word right by 4j: 7 integer instructions
@@ -19,9 +19,11 @@ instructions a byte, reaches ~3.3 TB/s; 5 a weight is 10 a byte). Here a weight 
   A = 1 gives X = sum_k x_k, and with w = q s + m: sum_k w_k x_k = s D + (m - 128 s) X per (row, group).
   Each lane of a quad receives the same D and X, so the lanes' sum is 4x the row's and the end scales by
   1/4 (exact).
-Rows past N and groups past the split read zeros. K is split into fp32 partials like int4_triton's GEMV
-(`splits`). Under Triton's interpreter (CPU tests) the same algebra runs as plain tensor ops, per word
-instead of per quad.
+Rows past N read row N - 1 (not stored). K is split into fp32 partials like int4_triton's GEMV (`splits`).
+Under Triton's interpreter (CPU tests) the same algebra runs as plain tensor ops, per word, not per quad.
+Measured on an H200 (session 9): the 161 linears of a 12B model at one row in 2.92 ms (tinygemm 3.56,
+int4_triton 3.95), ~2.0-2.1 TB/s of int4 bytes; with ~2 instructions a weight the bound is now the bytes in
+flight (one or two groups a program ahead), not the instruction issue.
 """
 
 from __future__ import annotations
@@ -198,7 +200,7 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
     acc = tl.zeros((BLOCK_N, 16), tl.float32)
     # No masks in the loop: rows past N read row N - 1 (their sums are not stored), and the loop runs over
-    # this split's groups only. Each step issues the next group's loads before the mma of this one.
+    # this split's groups only.
     w_rows = w32 + rn_in[:, None] * KW + rw[None, :]
     sm_rows = rn_in * NG
     if STAGES > 1:
@@ -209,7 +211,7 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK
             s0, m0 = _load_bf16_as_words(s_ptr, sm_rows + g), _load_bf16_as_words(m_ptr, sm_rows + g)
             xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
             acc = _group(tl.load(w_rows + g * 16), xp0, xp1, xp2, xp3, s0, m0, acc)
-    elif PREFETCH:
+    elif PREFETCH:  # each step issues the next group's loads before the mma of this one
         word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo)
         for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
             g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
