@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model.int4_triton import splits
+from pixdesk.model.int4_triton import int4_strides, splits
 from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
 GROUP = 128  # a group is 16 int32 words: 4 lanes of a quad x 4 words
@@ -103,8 +103,8 @@ def _load_bf16_as_words(ptr, idx):
 
 
 @triton.jit
-def _load_sm(s_ptr, m_ptr, sm_rows, g):
-    return _load_bf16(s_ptr + sm_rows + g), _load_bf16(m_ptr + sm_rows + g)
+def _load_sm(s_ptr, m_ptr, sm_rows, sg):
+    return _load_bf16(s_ptr + sm_rows + sg), _load_bf16(m_ptr + sm_rows + sg)
 
 
 @triton.jit
@@ -117,12 +117,12 @@ def _load_x(x_ptr, rw, g):
 
 
 @triton.jit
-def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g):
+def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g, SWG, SSG):
     """Group g's loads: the rows' words (BLOCK_N, 16), scales and minimums (BLOCK_N,) fp32, and its 128
     inputs as the four (16,) vectors of pairs that nibble pairs j = 0..3 of word w multiply."""
-    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g)
+    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG)
     xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
-    return tl.load(w_rows + g * 16), s, m, xp0, xp1, xp2, xp3
+    return tl.load(w_rows + g * SWG), s, m, xp0, xp1, xp2, xp3
 
 
 @triton.jit
@@ -184,11 +184,11 @@ def _prune(configs, named_args, **kwargs):
     return configs[:1] if _INTERPRET else configs
 
 
-@triton.autotune(configs=_configs(), key=["N", "KW"], cache_results=True, do_bench=_bench,
+@triton.autotune(configs=_configs(), key=["N", "KW", "SWN"], cache_results=True, do_bench=_bench,
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK_N: tl.constexpr,
-               PREFETCH: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
+def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+               BLOCK_N: tl.constexpr, PREFETCH: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
     pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -201,26 +201,29 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, BLOCK
     acc = tl.zeros((BLOCK_N, 16), tl.float32)
     # No masks in the loop: rows past N read row N - 1 (their sums are not stored), and the loop runs over
     # this split's groups only.
-    w_rows = w32 + rn_in[:, None] * KW + rw[None, :]
-    sm_rows = rn_in * NG
+    w_rows = w32 + rn_in[:, None] * SWN + rw[None, :]
+    sm_rows = rn_in * SSN
     if STAGES > 1:
         # Triton's pipeliner: STAGES - 1 groups in flight in shared memory (cp.async), the scales and
         # minimums read as the 4-byte words that hold them (cp.async copies no less).
         for i in tl.range(0, g_hi - g_lo, num_stages=STAGES):
             g = g_lo + i
-            s0, m0 = _load_bf16_as_words(s_ptr, sm_rows + g), _load_bf16_as_words(m_ptr, sm_rows + g)
+            sg = sm_rows + g * SSG
+            s0, m0 = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)
             xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
-            acc = _group(tl.load(w_rows + g * 16), xp0, xp1, xp2, xp3, s0, m0, acc)
+            acc = _group(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s0, m0, acc)
     elif PREFETCH:  # each step issues the next group's loads before the mma of this one
-        word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo)
+        word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo, SWG, SSG)
         for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
             g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
-            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next)
+            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next, SWG, SSG)
             acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
             word, s, m, xp0, xp1, xp2, xp3 = nxt
     else:
         for i in range(0, g_hi - g_lo):
-            word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i)
+            word, s, m, xp0, xp1, xp2, xp3 = _load_group(
+                x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i, SWG, SSG
+            )
             acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
     out = tl.sum(acc, axis=1)
     if _ASM:
@@ -248,5 +251,6 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     NG = K // GROUP
     grid = (triton.cdiv(N, BLOCK_N), S)
-    _gemv1_mma[grid](x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), BLOCK_N=BLOCK_N)
+    _gemv1_mma[grid](x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S),
+                     *int4_strides(qweight, scales), BLOCK_N=BLOCK_N)  # fmt: skip
     return y

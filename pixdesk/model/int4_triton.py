@@ -68,11 +68,12 @@ def _and_or(src, MASK: tl.constexpr):
 
 
 @triton.jit
-def _group_words(w32, rn, n_ok, KW, g, g_hi, W: tl.constexpr):
-    """Group g's words of rows rn -> (words (BN, W), words >> 12, group in this split, row mask)."""
+def _group_words(w32, rn, n_ok, SWN, SWG, g, g_hi, W: tl.constexpr):
+    """Group g's words of rows rn -> (words (BN, W), words >> 12, group in this split, row mask). SWN, SWG:
+    the words' row and group strides (int4_strides)."""
     g_ok = g < g_hi
     ok = n_ok & g_ok
-    word = tl.load(w32 + rn[:, None] * KW + g * W + tl.arange(0, W)[None, :], mask=ok[:, None], other=0)
+    word = tl.load(w32 + rn[:, None] * SWN + g * SWG + tl.arange(0, W)[None, :], mask=ok[:, None], other=0)
     return word, word >> 12, g_ok, ok
 
 
@@ -87,7 +88,7 @@ def _tune(configs: list) -> dict:
     def prune(configs, named_args, **kwargs):
         return configs[:1] if _INTERPRET else configs
 
-    return {"configs": configs, "key": ["N", "KW", "MB"], "cache_results": True, "do_bench": _bench,
+    return {"configs": configs, "key": ["N", "KW", "MB", "SWN"], "cache_results": True, "do_bench": _bench,
             "prune_configs_by": {"early_config_prune": prune}}  # fmt: skip
 
 
@@ -98,8 +99,8 @@ def _configs(warps, stages) -> list:
 
 @triton.autotune(**_tune(_configs((4, 8), (2, 3, 4))))
 @triton.jit
-def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr, MB: tl.constexpr,
-           BLOCK_N: tl.constexpr):  # fmt: skip
+def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG, G: tl.constexpr,
+           MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     """One row, one group a step: tiles (BLOCK_N rows, G/8 words). With 4 words a thread along K, a thread
     holds BLOCK_N / 32 rows (4 warps), so each input it loads, converts and scales serves that many rows.
     KW (int32 words per row) and NG (groups per row) come as arguments: Triton then knows KW % 16 == 0 and
@@ -114,15 +115,15 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.con
     acc = tl.zeros((BLOCK_N, W), tl.float32)
     for j in range(0, SPLIT_GROUPS):  # from 0: Triton's interpreter wants plain bounds
         g = g_lo + j
-        word, hi, g_ok, ok = _group_words(w32, rn, n_ok, KW, g, g_hi, W)
+        word, hi, g_ok, ok = _group_words(w32, rn, n_ok, SWN, SWG, g, g_hi, W)
         qx = tl.zeros((BLOCK_N, W), tl.float32)
         xs = tl.zeros((W,), tl.float32)
         for i in tl.static_range(8):
             xi = tl.load(x_ptr + g * G + i * W + rw, mask=g_ok, other=0.0).to(tl.float32)
             xs += xi
             qx += _nibble_f(word, hi, i) * _unscaled(xi, i)[None, :]
-        sc = tl.load(s_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
-        mn = tl.load(m_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
+        sc = tl.load(s_ptr + rn * SSN + g * SSG, mask=ok, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + rn * SSN + g * SSG, mask=ok, other=0.0).to(tl.float32)
         acc += sc[:, None] * qx + mn[:, None] * xs[None, :]
     out = tl.sum(acc, axis=1)
     tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
@@ -130,8 +131,8 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, G: tl.con
 
 @triton.autotune(**_tune(_configs((4, 8), (2, 3))))
 @triton.jit
-def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G: tl.constexpr,
-               MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+               G: tl.constexpr, MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     """2..16 rows through the tensor cores, one group a step: the group's nibbles become exact bf16 values
     q * 2^(4i) (_nibble_f), joined and permuted into a (BLOCK_N, G) tile in k order; the inputs, pre-scaled by
     2^-4i, make one (16, G) x (G, BLOCK_N) dot: sum_k q_k x_k for 16 rows (those past M read zeros). Scale
@@ -151,7 +152,7 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G:
     acc = tl.zeros((16, BLOCK_N), tl.float32)
     for j in range(0, SPLIT_GROUPS):  # from 0: Triton's interpreter wants plain bounds
         g = g_lo + j
-        word, hi, g_ok, ok = _group_words(w32, rn, n_ok, KW, g, g_hi, W)
+        word, hi, g_ok, ok = _group_words(w32, rn, n_ok, SWN, SWG, g, g_hi, W)
         f01 = tl.join(_nibble_f(word, hi, 0), _nibble_f(word, hi, 1))
         f23 = tl.join(_nibble_f(word, hi, 2), _nibble_f(word, hi, 3))
         f45 = tl.join(_nibble_f(word, hi, 4), _nibble_f(word, hi, 5))
@@ -162,15 +163,15 @@ def _gemv_rows(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KW, NG, SPLIT_GROUPS, G:
         xg = tl.load(x_ptr + rm[:, None] * K + g * G + rc[None, :], mask=m_ok[:, None] & g_ok, other=0.0)
         xf = xg.to(tl.float32)
         d = _dot_t((xf * xscale[None, :]).to(xg.dtype), wt)  # (16, BN): sum_k q_k x_k, exact products
-        sc = tl.load(s_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
-        mn = tl.load(m_ptr + rn * NG + g, mask=ok, other=0.0).to(tl.float32)
+        sc = tl.load(s_ptr + rn * SSN + g * SSG, mask=ok, other=0.0).to(tl.float32)
+        mn = tl.load(m_ptr + rn * SSN + g * SSG, mask=ok, other=0.0).to(tl.float32)
         acc += d * sc[None, :] + tl.sum(xf, axis=1)[:, None] * mn[None, :]
     dst = y_ptr + (tl.program_id(1) * M + rm[:, None]) * N + rn[None, :]
     tl.store(dst, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
 @triton.jit
-def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, G: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, KW, SWN, SWG, SSN, SSG, G: tl.constexpr, BLOCK_N: tl.constexpr):
     """One group of BLOCK_N rows per program -> y (N, K) in y's dtype, in k order."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     g = tl.program_id(1)
@@ -178,10 +179,10 @@ def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, G: tl.constexpr, BLOCK_N: tl
     W: tl.constexpr = G // 8
     rw = tl.arange(0, W)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
-    word = tl.load(w32 + rn[:, None] * KW + g * W + rw[None, :], mask=n_ok[:, None], other=0)
+    word = tl.load(w32 + rn[:, None] * SWN + g * SWG + rw[None, :], mask=n_ok[:, None], other=0)
     hi = word >> 12
-    s = tl.load(s_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
-    m = tl.load(m_ptr + rn * NG + g, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    s = tl.load(s_ptr + rn * SSN + g * SSG, mask=n_ok, other=0.0).to(tl.float32)[:, None]
+    m = tl.load(m_ptr + rn * SSN + g * SSG, mask=n_ok, other=0.0).to(tl.float32)[:, None]
     dst = y_ptr + rn[:, None] * (KW * 8) + g * G + rw[None, :]
     for i in tl.static_range(8):
         q = _unscaled(_nibble_f(word, hi, i), i)
@@ -190,6 +191,16 @@ def _dequant(w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, G: tl.constexpr, BLOCK_N: tl
 
 def _block_n(rows: int) -> int:
     return 128 if rows == 1 else 64
+
+
+def int4_strides(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[int, int, int, int]:
+    """(row, group) strides of the int4 words (4-byte units) and of the scales, for qweight (N, K/2)
+    row-major or (N, K/G, G/2) in any order of its first two dimensions (Int4Linear's is group-major)."""
+    if qweight.dim() == 2:
+        swn, swg = qweight.stride(0) // 4, qweight.shape[1] // scales.shape[1] // 4
+    else:
+        swn, swg = qweight.stride(0) // 4, qweight.stride(1) // 4
+    return swn, swg, scales.stride(0), scales.stride(1)
 
 
 def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
@@ -210,17 +221,19 @@ def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:
     grid = (triton.cdiv(N, block_n), S)
     per_split = triton.cdiv(K // group, S)
     KW, NG = K // 8, K // group
+    strides = int4_strides(qweight, scales)
     if M == 1:
-        _gemv1[grid](x, qweight, scales, mins, y, N, KW, NG, per_split, G=group, MB=1, BLOCK_N=block_n)
+        _gemv1[grid](x, qweight, scales, mins, y, N, KW, NG, per_split, *strides, G=group, MB=1,
+                     BLOCK_N=block_n)  # fmt: skip
     else:
-        _gemv_rows[grid](x, qweight, scales, mins, y, M, N, KW, NG, per_split, G=group,
+        _gemv_rows[grid](x, qweight, scales, mins, y, M, N, KW, NG, per_split, *strides, G=group,
                          MB=triton.next_power_of_2(M), BLOCK_N=block_n)  # fmt: skip
     return y
 
 
 def int4_dequantize(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:
-    N, K = qweight.shape[0], qweight.shape[1] * 2
+    N, K = qweight.shape[0], qweight[0].numel() * 2
     y = torch.empty(N, K, dtype=dtype, device=qweight.device)
     grid = (triton.cdiv(N, 64), K // group)
-    _dequant[grid](qweight, scales, mins, y, N, K // 8, K // group, G=group, BLOCK_N=64)
+    _dequant[grid](qweight, scales, mins, y, N, K // 8, *int4_strides(qweight, scales), G=group, BLOCK_N=64)
     return y

@@ -6,7 +6,8 @@ Formats (the canonical ones, also what the quantized cache stores):
 - int4: groups of `group_size` along K, asymmetric: w = q * s + m with q in 0..15, s = (max - min) / 15 and
   m = min of the group; `scales` and `mins` bf16 (N, K/G). `qweight` uint8 (N, K/2) in the interleaved
   layout the decode kernels want: a group of G weights is G/8 little-endian int32 words, and nibble i of
-  word w holds k = i * G/8 + w. For G = 128 (16 words):
+  word w holds k = i * G/8 + w. Int4Linear keeps it as (N, K/G, G/2), and all three buffers group-major in
+  memory (`quant_ops.group_major` says why); the cache file stores them row-major. For G = 128 (16 words):
 
       word 0: k = 0, 16, 32, ..., 112  (nibble 0 = bits 0..3 holds k = 0, nibble 7 = bits 28..31 k = 112)
       word 1: k = 1, 17, 33, ..., 113
@@ -128,17 +129,29 @@ class Int4Linear(nn.Module):
         self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
         groups = in_features // group_size
         u8, bf16 = torch.uint8, torch.bfloat16
-        self.register_buffer("qweight", torch.empty(out_features, in_features // 2, dtype=u8, device=device))
-        self.register_buffer("scales", torch.empty(out_features, groups, dtype=bf16, device=device))
-        self.register_buffer("mins", torch.empty(out_features, groups, dtype=bf16, device=device))
+        # Stored group-major (quant_ops.group_major); Module.to keeps these strides.
+        qweight = torch.empty(groups, out_features, group_size // 2, dtype=u8, device=device).transpose(0, 1)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", torch.empty(groups, out_features, dtype=bf16, device=device).t())
+        self.register_buffer("mins", torch.empty(groups, out_features, dtype=bf16, device=device).t())
         self.cpu_pack: tuple[torch.Tensor, torch.Tensor] | None = None  # the CPU kernel's own layout
         self.cuda_pack: tuple[torch.Tensor, torch.Tensor] | None = None  # tinygemm's layout, replaces buffers
 
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = INT4_GROUP) -> Int4Linear:
         m = cls(w.shape[1], w.shape[0], group_size, device="meta")
-        m.qweight, m.scales, m.mins = quantize_int4(w, group_size)
+        m.set_buffers(*quantize_int4(w, group_size))
         return m
+
+    def set_buffers(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> None:
+        """Take int4 buffers in any layout ((N, K/2) row-major from quantize_int4, a concatenation, the
+        cache file's tensors), storing them group-major."""
+        self.qweight, self.scales, self.mins = quant_ops.group_major(qweight, scales, mins)
+
+    def put_buffer(self, name: str, value: torch.Tensor) -> None:
+        """One buffer from the quantized cache, stored in this module's layout."""
+        like = {"qweight": self.qweight, "scales": self.scales, "mins": self.mins}[name]
+        self._buffers[name] = torch.empty_like(like, device=value.device).copy_(value)
 
     def add_tinygemm(self) -> None:
         """On CUDA: a second copy in torch's tinygemm layout, for decode (up to 16 rows).
@@ -223,9 +236,7 @@ def concat_linears(mods: list[nn.Module]) -> nn.Module:
         fused.scales = torch.cat([m.scales for m in mods])
         return fused
     fused = Int4Linear(first.in_features, out, first.group_size, device="meta")
-    fused.qweight = torch.cat([m.qweight for m in mods])
-    fused.scales = torch.cat([m.scales for m in mods])
-    fused.mins = torch.cat([m.mins for m in mods])
+    fused.set_buffers(*(torch.cat([getattr(m, b) for m in mods]) for b in ("qweight", "scales", "mins")))
     return fused
 
 

@@ -61,15 +61,32 @@ def pack_int4(q: torch.Tensor, group: int) -> torch.Tensor:
 
 def group_of(qweight: torch.Tensor, scales: torch.Tensor) -> int:
     """The group size of an int4 weight from its buffers' shapes."""
-    return qweight.shape[1] * 2 // scales.shape[1]
+    return qweight[0].numel() * 2 // scales.shape[1]
 
 
 def unpack_int4(packed: torch.Tensor, group: int) -> torch.Tensor:
-    """uint8 (N, K/2) in the interleaved layout -> uint8 (N, K) with values 0..15 in k order."""
-    N, K = packed.shape[0], packed.shape[1] * 2
+    """uint8 (N, K/2) or (N, K/G, G/2) in the interleaved layout, any strides -> uint8 (N, K) with values
+    0..15 in k order."""
+    N, K = packed.shape[0], packed[0].numel() * 2
     b = packed.reshape(N, K // group, group // 8, 4)  # (N, groups, word, byte)
     q = torch.stack([b & 0xF, b >> 4], dim=-1).reshape(N, K // group, group // 8, 8)  # nibble i = 2*byte + hi
     return q.transpose(2, 3).reshape(N, K)
+
+
+def group_major(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor):
+    """int4 buffers -> the same values, stored group by group: qweight (N, K/G, G/2) whose memory is
+    (K/G, N, G/2), scales and minimums (N, K/G) stored as (K/G, N). One group of consecutive rows is then one
+    contiguous block (8 KB for 128 rows at G = 128) and their scales one contiguous vector, so a GEMV
+    program's loads for a group are coalesced; row-major, each row's 64 bytes of a group sit K/2 bytes from
+    the next row's and each scale in a sector of its own. No copy where the buffers are already so."""
+    N, NG = scales.shape
+    q = qweight.reshape(N, NG, -1).transpose(0, 1).contiguous().transpose(0, 1)
+    return q, scales.t().contiguous().t(), mins.t().contiguous().t()
+
+
+def is_group_major(qweight: torch.Tensor, scales: torch.Tensor) -> bool:
+    N, NG = scales.shape
+    return qweight.dim() == 3 and qweight.transpose(0, 1).is_contiguous() and scales.t().is_contiguous()
 
 
 def dequantize_int4(qweight, scales, mins, group: int, dtype: torch.dtype) -> torch.Tensor:

@@ -33,6 +33,7 @@ import pixdesk
 from pixdesk.errors import InvalidCheckpoint, InvalidConfig
 from pixdesk.model.pixtral import Pixtral
 from pixdesk.model.quant import (
+    Int4Linear,
     QuantSpec,
     decoder_input_sizes,
     decoder_linear_names,
@@ -231,4 +232,8 @@ def _check_entry(entry: Path, infos: list[TensorInfo], floats: dict, quantized: 
 
 def _put_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
-    model.get_submodule(module_name)._buffers[leaf] = value
+    module = model.get_submodule(module_name)
+    if isinstance(module, Int4Linear):
+        module.put_buffer(leaf, value)  # its own (group-major) layout: one buffer's copy at a time
+    else:
+        module._buffers[leaf] = value

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pixdesk.model import quant_ops
 from pixdesk.model.quant import (
     Int4Linear,
     Int8Linear,
@@ -120,6 +121,23 @@ def test_state_dict_of_a_quantized_linear_is_its_format():
         "qweight": torch.uint8, "scales": torch.bfloat16, "mins": torch.bfloat16}  # fmt: skip
 
 
+def test_int4_buffers_are_stored_group_major():
+    """Each group of consecutive rows is one contiguous block (the decode GEMVs' coalesced loads), however
+    the buffers were made: quantized, fused, moved; the values are the row-major ones."""
+    w = torch.randn(48, 256)
+    lin = Int4Linear.from_float(w, 32)
+    q, s, m = quantize_int4(w, 32)
+    assert quant_ops.is_group_major(lin.qweight, lin.scales)
+    assert quant_ops.is_group_major(lin.qweight, lin.mins)
+    assert lin.qweight.shape == (48, 8, 16) and torch.equal(lin.qweight.reshape(48, 128), q)
+    assert torch.equal(lin.scales, s) and torch.equal(lin.mins, m)
+    fused = concat_linears([lin, Int4Linear.from_float(torch.randn(16, 256), 32)])
+    assert quant_ops.is_group_major(fused.qweight, fused.scales) and fused.qweight.shape == (64, 8, 16)
+    moved = fused.to("meta")  # Module.to keeps the strides (as to("cuda") does)
+    assert quant_ops.is_group_major(moved.qweight, moved.scales)
+    assert quant_ops.is_group_major(*quant_ops.group_major(q, s, m)[:2])
+
+
 KERNEL_CHECK = textwrap.dedent(
     """
     import torch
@@ -140,6 +158,9 @@ KERNEL_CHECK = textwrap.dedent(
                 else:
                     parts = int4_triton.int4_gemv(x, lin.qweight, lin.scales, lin.mins, 128)
                     splits.add(parts.shape[0])
+                    # the kernels read row-major buffers (quantize_int4's) as well as Int4Linear's
+                    rm = lin.qweight.reshape(n, k // 2), lin.scales.contiguous(), lin.mins.contiguous()
+                    assert torch.equal(int4_triton.int4_gemv(x, *rm, 128), parts)
                     y = parts.float().sum(0).to(x.dtype)
                     d = int4_triton.int4_dequantize(lin.qweight, lin.scales, lin.mins, 128, torch.float32)
                     assert torch.equal(d, quant.dequantize(lin))

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pixdesk.model import quant_ops
 from pixdesk.model.quant import Int4Linear, Int8Linear
 from pixdesk.weights.checkpoint import load_checkpoint
 from pixdesk.weights.tiny import make_tiny_checkpoint
@@ -35,6 +36,9 @@ def test_second_load_reads_the_cache_and_gets_identical_tensors(ckpt_dir, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     kind = Int8Linear if mode == "int8" else Int4Linear
     assert isinstance(second.model.layers[1].feed_forward.w2, kind) and isinstance(second.model.output, kind)
+    if mode == "int4":  # the cache file holds row-major tensors; the loaded buffers are group-major again
+        assert all(quant_ops.is_group_major(m.qweight, m.scales) for m in second.model.modules()
+                   if isinstance(m, Int4Linear))  # fmt: skip
     meta = json.loads((tmp_path / "qc" / os.path.basename(first.quant["cache"]) / "meta.json").read_text())
     assert meta["quant"]["mode"] == mode and meta["manifest"] == first.manifest_id
 
