@@ -25,31 +25,37 @@ from pixdesk.model import int4_mma, int4_triton, quant_triton
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 I4 = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "m_ptr": "*bf16", "y_ptr": "*fp32"}
+# Int4Linear's group-major buffers (quant_ops.group_major): words 16 apart by row and 16 N apart by group,
+# scales contiguous along rows (a stride of 1, which Triton specializes as a constant).
+GM = {"SWN": "i32", "SWG": "i32", "SSN": "constexpr", "SSG": "i32"}
+GM_HINTED = ("SWN", "SWG", "SSG")
+MMA_FLAGS = {"BLOCK_N": "constexpr", "PF": "constexpr", "USE_PDL": "constexpr", "PREFETCH": "constexpr",
+             "STAGES": "constexpr"}  # fmt: skip
 KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multiples of 16, weights a thread
     # holds per loop iteration, warps)
     "int4 one row": (
         int4_triton._gemv1.fn,
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32",
-         "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
-        {"G": 128, "MB": 1, "BLOCK_N": 128}, ("N", "KW"), 128 * 128 // 128, 4,
+         **GM, "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
+        {"G": 128, "MB": 1, "BLOCK_N": 128, "SSN": 1}, ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int4 8 rows": (
         int4_triton._gemv_rows.fn,
         {**I4, "M": "i32", "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32",
-         "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
-        {"G": 128, "MB": 8, "BLOCK_N": 64}, ("N", "KW"), 64 * 128 // 128, 4,
+         **GM, "G": "constexpr", "MB": "constexpr", "BLOCK_N": "constexpr"},
+        {"G": 128, "MB": 8, "BLOCK_N": 64, "SSN": 1}, ("N", "KW", *GM_HINTED), 64 * 128 // 128, 4,
     ),
     "int4 mma one row": (  # the register-prefetch loop, 4 warps (one of the autotuned forms)
         int4_mma._gemv1_mma.fn,
-        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", "BLOCK_N": "constexpr",
-         "PREFETCH": "constexpr", "STAGES": "constexpr"},
-        {"BLOCK_N": 128, "PREFETCH": True, "STAGES": 1}, ("N", "KW"), 128 * 128 // 128, 4,
+        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
+        {"BLOCK_N": 128, "SSN": 1, "PF": 4, "USE_PDL": True, "PREFETCH": True, "STAGES": 1},
+        ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int4 mma one row, pipelined": (  # Triton's cp.async pipeline, 4 warps
         int4_mma._gemv1_mma.fn,
-        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", "BLOCK_N": "constexpr",
-         "PREFETCH": "constexpr", "STAGES": "constexpr"},
-        {"BLOCK_N": 128, "PREFETCH": False, "STAGES": 3}, ("N", "KW"), 128 * 128 // 128, 4,
+        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
+        {"BLOCK_N": 128, "SSN": 1, "PF": 4, "USE_PDL": True, "PREFETCH": False, "STAGES": 3},
+        ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int8 one row": (
         quant_triton._int8_gemv.fn,

@@ -28,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from pixdesk.model import pdl
 from pixdesk.model.quant_triton import _DOT_F32
 
 SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
@@ -56,10 +57,13 @@ MIN_MERGE = 64
 @triton.jit(do_not_specialize=["n_keys", "n_splits"])
 def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
              stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr):  # fmt: skip
+             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr,
+             USE_PDL: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
+    pdl.wait(USE_PDL)
+    pdl.release(USE_PDL)
     length = tl.minimum(tl.load(len_ptr + b), n_keys)
     slot = tl.load(slot_ptr + b) if ROW_SLOTS else b
     rg, rd = tl.arange(0, GP), tl.arange(0, D)
@@ -99,17 +103,19 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
 
 
 @triton.jit
-def _summed(ptr, offs, mask, n_parts, part_stride, DT: tl.constexpr):
-    """A linear's K-split partials summed in fp32, rounded to the model's dtype (as sum_partials does)."""
+def _summed(ptr, offs, mask, NP: tl.constexpr, part_stride, DT: tl.constexpr):
+    """A linear's NP K-split partials summed in fp32, rounded to the model's dtype (as sum_partials does);
+    unrolled, so the partials' loads are in flight together."""
     total = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    for i in range(1, n_parts):
+    for i in tl.static_range(1, NP):
         total += tl.load(ptr + i * part_stride + offs, mask=mask, other=0.0).to(tl.float32)
     return total.to(DT).to(tl.float32)
 
 
 @triton.jit
-def _rope_write(qkv_ptr, n_parts, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kb,
-                stride_kt, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr):  # fmt: skip
+def _rope_write(qkv_ptr, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kb, stride_kt,
+                NP: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                USE_PDL: tl.constexpr):  # fmt: skip
     """Program (b, j): head j of row b's q|k|v partials, summed and rotated (model/rope.py's apply_rope:
     pairs (2i, 2i + 1) by angle i in fp32): query heads (j < H) into q, KV heads as the rotated key and the
     value into the cache at the row's position (row b is slot b)."""
@@ -119,10 +125,12 @@ def _rope_write(qkv_ptr, n_parts, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v
     rd = tl.arange(0, D)
     every = rd < D
     row = b * (H + 2 * HKV) * D
+    pdl.wait(USE_PDL)
+    pdl.release(USE_PDL)
     c = tl.load(cos_ptr + b * (D // 2) + rd // 2)
     s = tl.load(sin_ptr + b * (D // 2) + rd // 2)
-    x = _summed(qkv_ptr, row + j * D + rd, every, n_parts, part_stride, DT)
-    pair = _summed(qkv_ptr, row + j * D + (rd ^ 1), every, n_parts, part_stride, DT)  # the other of the pair
+    x = _summed(qkv_ptr, row + j * D + rd, every, NP, part_stride, DT)
+    pair = _summed(qkv_ptr, row + j * D + (rd ^ 1), every, NP, part_stride, DT)  # the other of the pair
     rotated = (x * c + tl.where(rd % 2 == 0, -pair, pair) * s).to(DT)
     if j < H:
         tl.store(q_ptr + (b * H + j) * D + rd, rotated)
@@ -130,14 +138,17 @@ def _rope_write(qkv_ptr, n_parts, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v
         h = j - H
         dst = b.to(tl.int64) * stride_kb + tl.load(pos_ptr + b).to(tl.int64) * stride_kt + h * D
         tl.store(k_ptr + dst + rd, rotated)
-        v = _summed(qkv_ptr, row + (H + HKV + h) * D + rd, every, n_parts, part_stride, DT)
+        v = _summed(qkv_ptr, row + (H + HKV + h) * D + rd, every, NP, part_stride, DT)
         tl.store(v_ptr + dst + rd, v.to(DT))
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr):
+def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr,
+             USE_PDL: tl.constexpr):  # fmt: skip
     """Merge one (row, query head)'s split partials: a softmax over splits weighted by their maxima."""
     bh = tl.program_id(0)
+    pdl.wait(USE_PDL)
+    pdl.release(USE_PDL)
     rs, rd = tl.arange(0, NSP), tl.arange(0, D)
     ok = rs < n_splits
     m = tl.load(m_ptr + bh * n_splits + rs, mask=ok, other=float("-inf"))  # empty splits hold -inf
@@ -175,12 +186,14 @@ def decode_attention(
     l_sum = torch.empty_like(m)
     out = torch.empty_like(q)
     nsp = max(MIN_MERGE, triton.next_power_of_2(n_splits))
+    use_pdl = pdl.enabled(q.device)
     _partial[(B * Hkv, n_splits)](
         q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
         D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
-        SPLIT=split, BLOCK_S=min(BLOCK_S, split), ROW_SLOTS=slots is not None,
+        SPLIT=split, BLOCK_S=min(BLOCK_S, split), ROW_SLOTS=slots is not None, USE_PDL=use_pdl,
+        **pdl.launch(use_pdl),
     )  # fmt: skip
-    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp)
+    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp, USE_PDL=use_pdl, **pdl.launch(use_pdl))
     return out
 
 
@@ -235,9 +248,10 @@ def rope_cache_write(
     Hkv, D = keys.shape[2], keys.shape[3]
     q = torch.empty(B, n_heads, D, dtype=keys.dtype, device=keys.device)
     qkv_parts, cos, sin = qkv_parts.contiguous(), cos.contiguous(), sin.contiguous()
+    use_pdl = pdl.enabled(keys.device)
     _rope_write[(B, n_heads + Hkv)](
-        qkv_parts, S, qkv_parts.stride(0), cos, sin, q, keys, values, positions, keys.stride(0),
-        keys.stride(1), H=n_heads, HKV=Hkv, D=D, num_warps=1,
+        qkv_parts, qkv_parts.stride(0), cos, sin, q, keys, values, positions, keys.stride(0), keys.stride(1),
+        NP=S, H=n_heads, HKV=Hkv, D=D, USE_PDL=use_pdl, num_warps=1, **pdl.launch(use_pdl),
     )  # fmt: skip
     return q
 

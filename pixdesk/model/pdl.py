@@ -1,0 +1,63 @@
+"""Programmatic dependent launch (Hopper and later) for the decode step's Triton kernels.
+
+A decode step at batch 1 is ~400 small kernels, and between two of them the GPU drains the first, then
+launches and ramps up the second. A kernel launched with `launch_pdl` may start while the kernel before it
+(its primary) still runs, as soon as every program of the primary has passed `release` (griddepcontrol.
+launch_dependents). It must then `wait` (griddepcontrol.wait: the primary has completed and its writes are
+visible) before it reads anything an earlier kernel wrote or writes anything at all. What a kernel does
+before its wait must touch only memory no kernel of the step writes: the weights. So a GEMV prefetches its
+first weight tiles into L2 while the kernel before it finishes.
+
+Rules every kernel here keeps: it calls `wait` on every path, and `release` only after its own `wait` (so at
+most one kernel runs ahead, and by transitivity a kernel past its wait sees every earlier kernel complete).
+A kernel launched without the attribute (Inductor's) starts after its predecessor completes, as always, and
+a PDL kernel after it simply starts when it ends.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from pixdesk.model.quant_triton import _INTERPRET
+
+ENABLED = True  # off: every kernel launches plainly (bench/profile_decode.py compares)
+
+
+@functools.cache
+def _capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def enabled(device: torch.device) -> bool:
+    return ENABLED and not _INTERPRET and device.type == "cuda" and _capable(device.index or 0)
+
+
+def launch(on: bool) -> dict:
+    """The launch option that lets a kernel start under its predecessor."""
+    return {"launch_pdl": True} if on else {}
+
+
+@triton.jit
+def wait(ON: tl.constexpr):
+    if ON:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def release(ON: tl.constexpr):
+    if ON:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def prefetch_l2(ptr, nbytes):
+    """One bulk copy of nbytes (a multiple of 16, 16-byte aligned) at ptr into L2, by thread 0 alone."""
+    tl.inline_asm_elementwise(
+        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
+        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
+        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1,
+    )  # fmt: skip
