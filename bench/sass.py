@@ -29,7 +29,7 @@ I4 = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "m_ptr": "*bf16", "y_p
 # scales contiguous along rows (a stride of 1, which Triton specializes as a constant).
 GM = {"SWN": "i32", "SWG": "i32", "SSN": "constexpr", "SSG": "i32"}
 GM_HINTED = ("SWN", "SWG", "SSG")
-MMA_FLAGS = {"BLOCK_N": "constexpr", "PF": "constexpr", "USE_PDL": "constexpr", "PREFETCH": "constexpr",
+MMA_FLAGS = {"BLOCK_N": "constexpr", "USE_PDL": "constexpr", "PREFETCH": "constexpr",
              "STAGES": "constexpr"}  # fmt: skip
 KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multiples of 16, weights a thread
     # holds per loop iteration, warps)
@@ -48,13 +48,13 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
     "int4 mma one row": (  # the register-prefetch loop, 4 warps (one of the autotuned forms)
         int4_mma._gemv1_mma.fn,
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
-        {"BLOCK_N": 128, "SSN": 1, "PF": 4, "USE_PDL": True, "PREFETCH": True, "STAGES": 1},
+        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": True, "STAGES": 1},
         ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int4 mma one row, pipelined": (  # Triton's cp.async pipeline, 4 warps
         int4_mma._gemv1_mma.fn,
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
-        {"BLOCK_N": 128, "SSN": 1, "PF": 4, "USE_PDL": True, "PREFETCH": False, "STAGES": 3},
+        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": False, "STAGES": 3},
         ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int8 one row": (

@@ -38,7 +38,6 @@ from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
 GROUP = 128  # a group is 16 int32 words: 4 lanes of a quad x 4 words
 BLOCK_N = 128  # rows a program: sets the K split, so fixed (warps and stages are tuned)
-PREFETCH_GROUPS = 4  # group tiles a program prefetches into L2 before its predecessor ends (pdl.py); 0: none
 
 
 def _mma_group_asm() -> str:
@@ -190,12 +189,11 @@ def _prune(configs, named_args, **kwargs):
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
 def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-               BLOCK_N: tl.constexpr, PF: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+               BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
                STAGES: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
-    pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit). PF > 0 (group-major weights, where a
-    group of the program's rows is one contiguous tile): the first PF groups' tiles are prefetched into L2
-    before the wait for the previous kernel (pdl.py)."""
+    pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit). Launched with PDL (pdl.py), the
+    register-prefetch loop loads its first group's weights before it waits for the previous kernel."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     rn_in = tl.minimum(rn, N - 1)
@@ -203,19 +201,16 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, 
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
-    if PF > 0:
-        row0 = tl.program_id(0) * BLOCK_N
-        tile = w32 + row0 * SWN
-        nbytes = tl.minimum(BLOCK_N, N - row0) * 64
-        for i in tl.static_range(PF):
-            pdl.prefetch_l2(tile + tl.minimum(g_lo + i, g_hi - 1) * SWG, nbytes)
-    pdl.wait(USE_PDL)
-    pdl.release(USE_PDL)
     acc = tl.zeros((BLOCK_N, 16), tl.float32)
     # No masks in the loop: rows past N read row N - 1 (their sums are not stored), and the loop runs over
     # this split's groups only.
     w_rows = w32 + rn_in[:, None] * SWN + rw[None, :]
     sm_rows = rn_in * SSN
+    if PREFETCH and STAGES == 1:  # the first group's weights, scales and minimums: no kernel writes them
+        word = tl.load(w_rows + g_lo * SWG)
+        s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_lo * SSG)
+    pdl.wait(USE_PDL)  # from here on the previous kernel's output (x) is complete
+    pdl.release(USE_PDL)
     if STAGES > 1:
         # Triton's pipeliner: STAGES - 1 groups in flight in shared memory (cp.async), the scales and
         # minimums read as the 4-byte words that hold them (cp.async copies no less).
@@ -226,7 +221,7 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, 
             xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
             acc = _group(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s0, m0, acc)
     elif PREFETCH:  # each step issues the next group's loads before the mma of this one
-        word, s, m, xp0, xp1, xp2, xp3 = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo, SWG, SSG)
+        xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo)
         for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
             g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
             nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next, SWG, SSG)
@@ -264,9 +259,8 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     y = torch.empty(S, 1, N, dtype=partials_dtype(S, x.dtype), device=x.device)
     NG = K // GROUP
     grid = (triton.cdiv(N, BLOCK_N), S)
-    strides = int4_strides(qweight, scales)
     use_pdl = pdl.enabled(x.device)
-    pf = min(PREFETCH_GROUPS, triton.cdiv(NG, S)) if use_pdl and strides[0] == GROUP // 8 else 0
-    _gemv1_mma[grid](x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides, BLOCK_N=BLOCK_N,
-                     PF=pf, USE_PDL=use_pdl, **pdl.launch(use_pdl))  # fmt: skip
+    strides = int4_strides(qweight, scales)
+    _gemv1_mma[grid](x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides,
+                     BLOCK_N=BLOCK_N, USE_PDL=use_pdl, **pdl.launch(use_pdl))  # fmt: skip
     return y

@@ -5,8 +5,9 @@ launches and ramps up the second. A kernel launched with `launch_pdl` may start 
 (its primary) still runs, as soon as every program of the primary has passed `release` (griddepcontrol.
 launch_dependents). It must then `wait` (griddepcontrol.wait: the primary has completed and its writes are
 visible) before it reads anything an earlier kernel wrote or writes anything at all. What a kernel does
-before its wait must touch only memory no kernel of the step writes: the weights. So a GEMV prefetches its
-first weight tiles into L2 while the kernel before it finishes.
+before its wait must touch only memory no kernel of the step writes: the weights. So a GEMV can load its
+first weights while the kernel before it finishes. (Prefetching a GEMV's first 4 or 8 group tiles into L2
+with cp.async.bulk.prefetch before the wait measured slower on an H200: int4 step 3.14 -> 3.32 / 3.52 ms.)
 
 Rules every kernel here keeps: it calls `wait` on every path, and `release` only after its own `wait` (so at
 most one kernel runs ahead, and by transitivity a kernel past its wait sees every earlier kernel complete).
@@ -51,13 +52,3 @@ def wait(ON: tl.constexpr):
 def release(ON: tl.constexpr):
     if ON:
         tl.extra.cuda.gdc_launch_dependents()
-
-
-@triton.jit
-def prefetch_l2(ptr, nbytes):
-    """One bulk copy of nbytes (a multiple of 16, 16-byte aligned) at ptr into L2, by thread 0 alone."""
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; .reg .b32 t; mov.u32 t, %tid.x; setp.eq.u32 p, t, 0; "
-        "@p cp.async.bulk.prefetch.L2.global [$1], $2; mov.b32 $0, 0; }",
-        "=r,l,r", [ptr, nbytes], dtype=tl.int32, is_pure=False, pack=1,
-    )  # fmt: skip

@@ -181,6 +181,12 @@ class Int4Linear(nn.Module):
             )
         return self(x)[None]
 
+    def gated(self, x: torch.Tensor) -> torch.Tensor | None:
+        """As a fused gate|up: one bf16 CUDA row -> silu(gate) * up (quant_ops.int4_gated), else None."""
+        if self.cuda_pack is not None:
+            return None
+        return quant_ops.int4_gated(x, self.qweight, self.scales, self.mins, self.group_size)
+
     def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Decode rows through torch's CPU int4 kernel (bf16 activations, its own packed copy); prefill and
         group sizes it lacks (tiny test models) multiply by the dequantized weight (quant_ops says why)."""

@@ -219,6 +219,39 @@ def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
     return out.reshape(*x.shape[:-1], qweight.shape[0])
 
 
+@torch.library.custom_op("pixdesk::int4_gated", mutates_args=())
+def int4_gated_op(
+    x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group: int
+) -> torch.Tensor:
+    """x (1, K) through an int4 gate|up weight (N, K) -> silu(gate) * up (1, N / 2): the one-row mma GEMV's
+    partials, then one kernel for their sum, SiLU and the product (silu_mul.py); else the product, SiLU and
+    the product in torch."""
+    kernels = _kernels()
+    mma = kernels[2] if kernels is not None and INT4_MMA else None
+    if mma is not None and x.is_cuda and mma.supported(x, group) and mma.aligned(scales, mins):
+        from pixdesk.model.silu_mul import silu_mul_partials
+
+        return silu_mul_partials(mma.int4_gemv_mma(x, qweight, scales, mins), x.dtype)
+    if x.is_cuda:
+        gate, up = sum_partials(_int4_linear_op(x, qweight, scales, mins, group), x.dtype).chunk(2, dim=-1)
+    else:
+        gate, up = F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype)).chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+@int4_gated_op.register_fake
+def _(x, qweight, scales, mins, group):
+    return x.new_empty(1, qweight.shape[0] // 2)
+
+
+def int4_gated(x: torch.Tensor, qweight, scales, mins, group: int) -> torch.Tensor | None:
+    """One bf16 CUDA row through an int4 gate|up weight -> silu(gate) * up (int4_gated_op), else None. Only
+    tensor properties decide here: this runs inside the compiled decode step."""
+    if not x.is_cuda or x.numel() != scales.shape[1] * group or x.dtype != torch.bfloat16:
+        return None
+    return int4_gated_op(x.reshape(1, -1).contiguous(), qweight, scales, mins, group)
+
+
 def int4_cpu_pack(
     qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:

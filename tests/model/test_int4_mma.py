@@ -67,3 +67,21 @@ def test_int4_mma_gemv_on_cuda_equals_the_dequantized_product(n, k):
     ref = x.float() @ quant.dequantize(lin).float().T
     err = float((y - ref).abs().max() / ref.abs().max())
     assert err < 4e-3, err  # fp32 sums of exact products; the bf16 partials of an unsplit weight round once
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the mma kernel needs a CUDA device")
+def test_int4_gated_on_cuda_equals_the_unfused_form():
+    import torch.nn.functional as F
+
+    from pixdesk.model import quant
+
+    g = torch.Generator().manual_seed(1)
+    lin = quant.Int4Linear.from_float(torch.randn(2 * 14336, 5120, generator=g) * 5120**-0.5).to("cuda")
+    x = torch.randn(1, 5120, generator=g).to(torch.bfloat16).cuda()
+    got = lin.gated(x)
+    parts = lin.partials(x).float()
+    total = parts[0].clone()
+    for p in parts[1:]:  # the kernel's order, so the sums round alike
+        total += p
+    gate, up = total.to(x.dtype).chunk(2, dim=-1)
+    torch.testing.assert_close(got.float(), (F.silu(gate) * up).float(), rtol=2**-6, atol=1e-2)
