@@ -90,6 +90,20 @@ def run_shared(args, script: str, name: str) -> None:
 # ------------------------------------------------------------------------------------------ pixdesk bf16
 
 
+def gpu_busy(eng) -> dict:
+    """The last b1 prompt again (its prefix cached, so the run is ~all decode) under the profiler: the GPU's
+    kernel time against the wall time, i.e. how much of a token the device spends idle between steps."""
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        r = timed_run(eng, image_prompt(21, QUESTION), 129)
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - r["t0"]
+    busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
+    return {"wall_s": wall, "kernel_s": busy, "busy_fraction": busy / wall, "tokens": len(r["ids"]),
+            "decode_tok_s": 128 / (r["times"][-1] - r["times"][0])}  # fmt: skip
+
+
 def engine_for(ckpt, max_batch: int, start: bool = True, **kw):
     from pixdesk.engine.backend import LocalEngine
     from pixdesk.engine.scheduler import SchedulerConfig
@@ -187,10 +201,17 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     res["warm_prefilled_tokens"] = eng.stats()["prefilled_tokens"] - before  # small when the prefix hits
     res["ttft_cold_ms_default_chunk"] = ttft_with_default_chunk(eng)
     checkpoint()
+    before = eng.stats()
     runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]
+    after = eng.stats()
+    # how many of the timed runs' decode steps were launched before the previous step's picks were read
+    res["decode_b1_steps"] = after["decode_steps"] - before["decode_steps"]
+    res["decode_b1_pipelined_steps"] = after["pipelined_steps"] - before["pipelined_steps"]
     res["decode_tok_s_b1_all"] = [128 / (r["times"][-1] - r["times"][0]) for r in runs]  # client-side
     res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
     res["decode_tok_s_b1_engine"] = eng.scheduler.stats.decode_tok_s(1)
+    if DEVICE == "cuda":
+        res["decode_b1_gpu_busy"] = gpu_busy(eng)
     checkpoint()
     res["prompt_tokens"] = len(image_prompt(0, QUESTION).ids)
     eng.stop()

@@ -8,6 +8,7 @@
     PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
     PARTS=attention ATTENTION=kernel,kernel64 ...  # forms: matmul, kernel (split_keys), kernelN (N keys a program)
     PARTS=dense_chains ...                          # bf16 one row per shape: cuBLAS against dense_triton
+    INT4_LAYOUT=row ...                             # int4 buffers row-major instead of Int4Linear's group-major
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ def linear_chains(res: dict) -> None:
             w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * k**-0.5
             mods.append(cls.from_float(w))
             del w
+        if mode.startswith("int4") and os.environ.get("INT4_LAYOUT") == "row":
+            for m in mods:  # the row-major layout of quantize_int4 (before session 10), for comparison
+                m.qweight, m.scales, m.mins = (
+                    m.qweight.reshape(m.out_features, -1),
+                    m.scales.contiguous(),
+                    m.mins.contiguous(),
+                )
         x = torch.randn(3, 5120, device="cuda", dtype=torch.bfloat16)
         ref = x.float() @ dequantize(mods[0]).T
         if mode == "int4_tinygemm":
