@@ -7,7 +7,7 @@ Formats (the canonical ones, also what the quantized cache stores):
   m = min of the group; `scales` and `mins` bf16 (N, K/G). `qweight` uint8 (N, K/2) in the interleaved
   layout the decode kernels want: a group of G weights is G/8 little-endian int32 words, and nibble i of
   word w holds k = i * G/8 + w. Int4Linear keeps it as (N, K/G, G/2), and all three buffers group-major in
-  memory (`quant_ops.group_major` says why); the cache file stores them row-major. For G = 128 (16 words):
+  memory (`quant_ops.group_major` says why), and the cache file in that order. For G = 128 (16 words):
 
       word 0: k = 0, 16, 32, ..., 112  (nibble 0 = bits 0..3 holds k = 0, nibble 7 = bits 28..31 k = 112)
       word 1: k = 1, 17, 33, ..., 113
@@ -148,10 +148,15 @@ class Int4Linear(nn.Module):
         cache file's tensors), storing them group-major."""
         self.qweight, self.scales, self.mins = quant_ops.group_major(qweight, scales, mins)
 
+    @staticmethod
+    def stored(buffer: torch.Tensor) -> torch.Tensor:
+        """A buffer as the quantized cache stores it, and back (the same swap of the first two dimensions):
+        its memory order, (K/G, N, G/2) and (K/G, N), contiguous."""
+        return buffer.transpose(0, 1)
+
     def put_buffer(self, name: str, value: torch.Tensor) -> None:
-        """One buffer from the quantized cache, stored in this module's layout."""
-        like = {"qweight": self.qweight, "scales": self.scales, "mins": self.mins}[name]
-        self._buffers[name] = torch.empty_like(like, device=value.device).copy_(value)
+        """One buffer from the quantized cache (its stored form): a view, no copy."""
+        self._buffers[name] = self.stored(value)
 
     def add_tinygemm(self) -> None:
         """On CUDA: a second copy in torch's tinygemm layout, for decode (up to 16 rows).

@@ -156,8 +156,19 @@ def quantize_from_checkpoint(
 
 def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     state = dict(model.named_parameters())
-    state.update(model.named_buffers())
+    state.update(_stored_buffers(model))
     return state
+
+
+def _stored_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The quantized buffers as the cache file holds them: int4 ones in their memory order
+    (Int4Linear.stored), so writing them copies nothing and loading them needs no second device copy."""
+    out = {}
+    for module_name, module in model.named_modules():
+        for leaf, t in module.named_buffers(recurse=False):
+            name = f"{module_name}.{leaf}" if module_name else leaf
+            out[name] = Int4Linear.stored(t) if isinstance(module, Int4Linear) else t
+    return out
 
 
 def write_entry(model: nn.Module, entry: Path, meta: dict) -> None:
@@ -199,7 +210,7 @@ def _write_files(model: nn.Module, tmp: Path, meta: dict) -> None:
 def _load_entry(files, entry: Path, spec: QuantSpec, dtype, device, progress: Progress | None) -> Pixtral:
     model = _empty_quantized(files, spec)
     floats = dict(model.named_parameters())  # vision, norms, embeddings: follow the requested dtype
-    quantized = dict(model.named_buffers())  # int8/uint8 weights, scales, minimums: exactly as stored
+    quantized = _stored_buffers(model)  # int8/uint8 weights, scales, minimums: exactly as stored
     infos = read_header(entry / CACHE_FILE)
     _check_entry(entry, infos, floats, quantized)
     total, done = sum(i.nbytes for i in infos), 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from pixdesk.model import quant_ops
 from pixdesk.model.quant import Int4Linear, Int8Linear
 from pixdesk.weights.checkpoint import load_checkpoint
+from pixdesk.weights.load import read_header
+from pixdesk.weights.quantized import CACHE_FILE
 from pixdesk.weights.tiny import make_tiny_checkpoint
 
 
@@ -36,9 +39,13 @@ def test_second_load_reads_the_cache_and_gets_identical_tensors(ckpt_dir, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     kind = Int8Linear if mode == "int8" else Int4Linear
     assert isinstance(second.model.layers[1].feed_forward.w2, kind) and isinstance(second.model.output, kind)
-    if mode == "int4":  # the cache file holds row-major tensors; the loaded buffers are group-major again
+    if mode == "int4":  # the cache file holds them in memory order; loaded as views, group-major again
         assert all(quant_ops.is_group_major(m.qweight, m.scales) for m in second.model.modules()
                    if isinstance(m, Int4Linear))  # fmt: skip
+        infos = {i.name: i for i in read_header(Path(second.quant["cache"]) / CACHE_FILE)}
+        lin = second.model.output
+        assert tuple(infos["output.qweight"].shape) == (lin.in_features // lin.group_size, lin.out_features,
+                                                        lin.group_size // 2)  # fmt: skip
     meta = json.loads((tmp_path / "qc" / os.path.basename(first.quant["cache"]) / "meta.json").read_text())
     assert meta["quant"]["mode"] == mode and meta["manifest"] == first.manifest_id
 
