@@ -91,17 +91,17 @@ def run_shared(args, script: str, name: str) -> None:
 
 
 def gpu_busy(eng) -> dict:
-    """The last b1 prompt again (its prefix cached, so the run is ~all decode) under the profiler: the GPU's
-    kernel time against the wall time, i.e. how much of a token the device spends idle between steps."""
+    """The last b1 prompt again (its prefix cached, so the run is ~all decode) under the profiler: the time
+    the GPU executes against the span of its work (bench/gpu_busy.py), i.e. the device's idle share."""
     import torch
+
+    from bench.gpu_busy import busy_report, device_intervals
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         r = timed_run(eng, image_prompt(21, QUESTION), 129)
         torch.cuda.synchronize()
-    wall = time.perf_counter() - r["t0"]
-    busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1e6
-    return {"wall_s": wall, "kernel_s": busy, "busy_fraction": busy / wall, "tokens": len(r["ids"]),
-            "decode_tok_s": 128 / (r["times"][-1] - r["times"][0])}  # fmt: skip
+    report = busy_report(device_intervals(prof))
+    return {**report, "tokens": len(r["ids"]), "decode_tok_s": 128 / (r["times"][-1] - r["times"][0])}
 
 
 def engine_for(ckpt, max_batch: int, start: bool = True, **kw):
@@ -211,7 +211,10 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
     res["decode_tok_s_b1_engine"] = eng.scheduler.stats.decode_tok_s(1)
     if DEVICE == "cuda":
-        res["decode_b1_gpu_busy"] = gpu_busy(eng)
+        try:  # a diagnostic: its failure must not cost the stage its figures
+            res["decode_b1_gpu_busy"] = gpu_busy(eng)
+        except Exception as exc:  # noqa: BLE001
+            res["decode_b1_gpu_busy"] = {"error": repr(exc)}
     checkpoint()
     res["prompt_tokens"] = len(image_prompt(0, QUESTION).ids)
     eng.stop()
