@@ -126,9 +126,20 @@ def stage_quant(args, mode: str, save, engine_measurements) -> None:
         torch.cuda.reset_peak_memory_stats()
     save(args, mode, res)
     engine_measurements(ckpt, res, lambda: save(args, mode, res))
+    res["autotuned"] = autotuned_configs()
     if mode == "int4":
         res["cap_12gib"] = run_capped_child(args, scratch / f"quantized-{mode}")
         save(args, mode, res)
+
+
+def autotuned_configs() -> dict:
+    """The configs the decode GEMVs' autotuners picked in this process, by their keys (the choice is timed on
+    lone launches, so it can differ between sittings; bench/int4_configs.py times them in a chain)."""
+    from pixdesk.model import int4_mma, int4_triton, quant_triton
+
+    kernels = {"int8": quant_triton._int8_gemv, "int4_rows": int4_triton._gemv_rows,
+               "int4_one_row": int4_triton._gemv1, "int4_mma": int4_mma._gemv1_mma}  # fmt: skip
+    return {name: {str(k[:4]): str(v) for k, v in kern.cache.items()} for name, kern in kernels.items()}
 
 
 def run_capped_child(args, entry: Path) -> dict:
