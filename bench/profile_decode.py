@@ -33,6 +33,29 @@ def pos(p):
     return torch.full((args.slots,), p)
 
 
+def scheduler_like_ms(bias: dict, steps: int = 100) -> float:
+    """The engine's pipelined greedy decode without the engine (pipeline.launch_step as the scheduler calls
+    it): each step launched from the previous step's picks on the device before those picks are read, with
+    the greedy pick (and a logit bias) outside the graph. Against the replay time, what the step's own
+    launch and pick cost."""
+    from types import SimpleNamespace
+
+    from pixdesk.engine.pipeline import launch_step
+    from pixdesk.engine.sampling import SamplingParams
+
+    seqs = [SimpleNamespace(slot=i, params=SamplingParams(max_tokens=10**6, logit_bias=bias), mask=None)
+            for i in range(args.slots)]  # fmt: skip
+    step = launch_step(m, kv, sd, seqs, tok, [4210] * args.slots)
+    step.host_picks()
+    t = time.perf_counter()
+    for i in range(steps):
+        nxt = launch_step(m, kv, sd, seqs, step.picks, [4211 + i] * args.slots, speculative=True)
+        step.host_picks()
+        step = nxt
+    step.host_picks()
+    return (time.perf_counter() - t) / steps * 1e3
+
+
 with torch.inference_mode():
     t = time.time()
     sd.step(slots, tok, pos(4200))
@@ -52,6 +75,8 @@ with torch.inference_mode():
         graph.replay()
     torch.cuda.synchronize()
     print(f"graph replay only: {(time.perf_counter() - t) / 50 * 1e3:.3f} ms", flush=True)
+    for bias in ({}, {2: -100.0}):  # gpu.py's timed runs bias EOS away
+        print(f"scheduler-like loop, logit_bias={bias}: {scheduler_like_ms(bias):.3f} ms a step", flush=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
         for _ in range(3):
             graph.replay()
