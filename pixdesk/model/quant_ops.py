@@ -25,7 +25,8 @@ DECODE_ROWS = 16  # at most this many rows take the GEMV kernels
 # GEMV, but at 8 rows 9.06 ms against 4.42 in int4_triton's tensor-core kernel.
 TINYGEMM_ROWS = 1
 # One bf16 row with groups of 128 takes the tensor-core GEMV (int4_mma.py): the 161 linears in 2.92 ms on an
-# H200 against 3.56 (tinygemm) and 3.95 (int4_triton's one-row kernel), session 9.
+# H200 against 3.56 (tinygemm) and 3.95 (int4_triton's one-row kernel), session 9; 2.45 ms on group-major
+# buffers, session 10.
 INT4_MMA = True
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
