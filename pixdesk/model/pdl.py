@@ -18,6 +18,7 @@ a PDL kernel after it simply starts when it ends.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -25,12 +26,15 @@ import triton.language as tl
 
 from pixdesk.model.quant_triton import _INTERPRET
 
-ENABLED = True  # off: every kernel launches plainly (bench/profile_decode.py compares)
+ENABLED = os.environ.get("PIXDESK_PDL", "1") != "0"  # off: every kernel launches plainly
+MIN_CUDA = (12, 4)  # CUDA graphs capture programmatic dependencies from 12.3 on
 
 
 @functools.cache
 def _capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index)[0] >= 9
+    """Hopper or later, and a CUDA build of torch whose graphs keep the launch attribute."""
+    built = tuple(int(p) for p in (torch.version.cuda or "0.0").split(".")[:2])
+    return torch.cuda.get_device_capability(index)[0] >= 9 and built >= MIN_CUDA
 
 
 def enabled(device: torch.device) -> bool:
