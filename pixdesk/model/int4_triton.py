@@ -103,8 +103,8 @@ def _gemv1(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG,
            MB: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
     """One row, one group a step: tiles (BLOCK_N rows, G/8 words). With 4 words a thread along K, a thread
     holds BLOCK_N / 32 rows (4 warps), so each input it loads, converts and scales serves that many rows.
-    KW (int32 words per row) and NG (groups per row) come as arguments: Triton then knows KW % 16 == 0 and
-    loads 4 words at once (from K // 8 it could prove only 2)."""
+    The word strides come as arguments (16 and 16 N group-major, KW and 16 row-major): Triton then knows
+    they are multiples of 16 and loads 4 words at once (from K // 8 it could prove only 2)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = rn < N
     W: tl.constexpr = G // 8  # int32 words per group

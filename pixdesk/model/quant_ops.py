@@ -86,7 +86,7 @@ def group_major(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor)
 
 
 def is_group_major(qweight: torch.Tensor, scales: torch.Tensor) -> bool:
-    N, NG = scales.shape
+    """Are the buffers laid out as group_major makes them?"""
     return qweight.dim() == 3 and qweight.transpose(0, 1).is_contiguous() and scales.t().is_contiguous()
 
 
