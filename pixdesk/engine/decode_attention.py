@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from pixdesk.model import pdl
-from pixdesk.model.quant_triton import _DOT_F32
+from pixdesk.model.quant_triton import _DOT_F32, summed_partials
 
 SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
 BLOCK_S = 64  # keys per inner step
@@ -103,16 +103,6 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
 
 
 @triton.jit
-def _summed(ptr, offs, mask, NP: tl.constexpr, part_stride, DT: tl.constexpr):
-    """A linear's NP K-split partials summed in fp32, rounded to the model's dtype (as sum_partials does);
-    unrolled, so the partials' loads are in flight together."""
-    total = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    for i in tl.static_range(1, NP):
-        total += tl.load(ptr + i * part_stride + offs, mask=mask, other=0.0).to(tl.float32)
-    return total.to(DT).to(tl.float32)
-
-
-@triton.jit
 def _rope_write(qkv_ptr, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kb, stride_kt,
                 NP: tl.constexpr, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
                 USE_PDL: tl.constexpr):  # fmt: skip
@@ -129,8 +119,8 @@ def _rope_write(qkv_ptr, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos
     pdl.release(USE_PDL)
     c = tl.load(cos_ptr + b * (D // 2) + rd // 2)
     s = tl.load(sin_ptr + b * (D // 2) + rd // 2)
-    x = _summed(qkv_ptr, row + j * D + rd, every, NP, part_stride, DT)
-    pair = _summed(qkv_ptr, row + j * D + (rd ^ 1), every, NP, part_stride, DT)  # the other of the pair
+    x = summed_partials(qkv_ptr, row + j * D + rd, every, part_stride, NP, DT)
+    pair = summed_partials(qkv_ptr, row + j * D + (rd ^ 1), every, part_stride, NP, DT)  # its pair partner
     rotated = (x * c + tl.where(rd % 2 == 0, -pair, pair) * s).to(DT)
     if j < H:
         tl.store(q_ptr + (b * H + j) * D + rd, rotated)
@@ -138,7 +128,7 @@ def _rope_write(qkv_ptr, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos
         h = j - H
         dst = b.to(tl.int64) * stride_kb + tl.load(pos_ptr + b).to(tl.int64) * stride_kt + h * D
         tl.store(k_ptr + dst + rd, rotated)
-        v = _summed(qkv_ptr, row + (H + HKV + h) * D + rd, every, NP, part_stride, DT)
+        v = summed_partials(qkv_ptr, row + (H + HKV + h) * D + rd, every, part_stride, NP, DT)
         tl.store(v_ptr + dst + rd, v.to(DT))
 
 

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from pixdesk.model import pdl
+from pixdesk.model.quant_triton import summed_partials
 
 
 @triton.jit
@@ -34,11 +35,9 @@ def _add_rms_norm(x_ptr, parts_ptr, part_stride, w_ptr, h_ptr, out_ptr, dim, eps
     w = tl.load(w_ptr + cols, mask=ok, other=0.0)  # a weight: no kernel of the step writes it
     pdl.wait(USE_PDL)
     pdl.release(USE_PDL)
-    branch = tl.load(parts_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    for i in tl.static_range(1, NP):  # unrolled: the partials' loads are independent, all in flight at once
-        branch += tl.load(parts_ptr + i * part_stride + offs, mask=ok, other=0.0).to(tl.float32)
+    branch = summed_partials(parts_ptr, offs, ok, part_stride, NP, DT)
     x = tl.load(x_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    h = (x + branch.to(DT).to(tl.float32)).to(DT)
+    h = (x + branch).to(DT)
     tl.store(h_ptr + offs, h, mask=ok)
     hf = h.to(tl.float32)
     inv = tl.rsqrt(tl.sum(hf * hf, axis=0) / dim + eps)

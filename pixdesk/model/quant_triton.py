@@ -202,6 +202,17 @@ def k_splits(programs: int, k_blocks: int, device: torch.device) -> int:
     return s
 
 
+@triton.jit
+def summed_partials(ptr, offs, mask, part_stride, NP: tl.constexpr, DT: tl.constexpr):
+    """A linear's NP K-split partials at offs summed in fp32 and rounded to DT (as quant_ops.sum_partials
+    does), returned as fp32. NP is a compile-time constant so the loop unrolls and every partial's load is
+    in flight at once (a runtime loop made them dependent rounds: 5.4 us an add + RMSNorm, session 9)."""
+    total = tl.load(ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    for i in tl.static_range(1, NP):
+        total += tl.load(ptr + i * part_stride + offs, mask=mask, other=0.0).to(tl.float32)
+    return total.to(DT).to(tl.float32)
+
+
 def partials_dtype(S: int, x_dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if S > 1 else x_dtype
 

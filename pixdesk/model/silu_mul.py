@@ -15,16 +15,9 @@ import triton
 import triton.language as tl
 
 from pixdesk.model import pdl
+from pixdesk.model.quant_triton import summed_partials
 
 BLOCK = 512  # columns a program: 28 programs for a 12B model's 14,336
-
-
-@triton.jit
-def _sum(ptr, offs, ok, part_stride, NP: tl.constexpr, DT: tl.constexpr):
-    total = tl.load(ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    for i in tl.static_range(1, NP):  # unrolled: every partial's load in flight at once
-        total += tl.load(ptr + i * part_stride + offs, mask=ok, other=0.0).to(tl.float32)
-    return total.to(DT).to(tl.float32)
 
 
 @triton.jit
@@ -35,8 +28,8 @@ def _silu_mul(parts_ptr, part_stride, out_ptr, H, NP: tl.constexpr, BLOCK: tl.co
     ok = cols < H
     pdl.wait(USE_PDL)
     pdl.release(USE_PDL)
-    gate = _sum(parts_ptr, cols, ok, part_stride, NP, DT)
-    up = _sum(parts_ptr, H + cols, ok, part_stride, NP, DT)
+    gate = summed_partials(parts_ptr, cols, ok, part_stride, NP, DT)
+    up = summed_partials(parts_ptr, H + cols, ok, part_stride, NP, DT)
     silu = (gate / (1.0 + tl.exp(-gate))).to(DT).to(tl.float32)
     tl.store(out_ptr + cols, (silu * up).to(DT), mask=ok)
 
