@@ -127,6 +127,7 @@ def stage_quant(args, mode: str, save, engine_measurements) -> None:
     save(args, mode, res)
     engine_measurements(ckpt, res, lambda: save(args, mode, res))
     res["autotuned"] = autotuned_configs()
+    save(args, mode, res)
     if mode == "int4":
         res["cap_12gib"] = run_capped_child(args, scratch / f"quantized-{mode}")
         save(args, mode, res)
