@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from source: `python bench/gpu.py` without an install
 
+from bench.gpu_ab import stage_ab  # noqa: E402
 from bench.gpu_model import (  # noqa: E402
     DEVICE,
     IMAGE_GRID,
@@ -297,67 +298,6 @@ def stage_check(args) -> None:
 # ------------------------------------------------------------------------------------------ a/b
 
 
-def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
-             layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=()):  # fmt: skip
-    """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
-    the same place), and drops Dynamo's compiled code so compiler settings take effect."""
-
-    def setup() -> None:
-        import torch
-        import torch._inductor.config as inductor
-
-        import pixdesk.engine.static as static
-        import pixdesk.model.dense_gemv as dense
-
-        torch.backends.cuda.preferred_blas_library(blas)
-        inductor.coordinate_descent_tuning = coordinate_descent
-        inductor.max_autotune_gemm = autotune_gemm  # Triton GEMV templates against cuBLAS, per shape
-        static.LAYER_REGIONS = layer_regions
-        dense.DECODE_GEMV, dense.GEMV_SHAPES = dense_gemv, frozenset(gemv_shapes)
-        torch._dynamo.reset()
-
-    return setup
-
-
-AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
-    "baseline": _variant(),
-    "cublaslt": _variant(blas="cublaslt"),
-    "coordinate_descent": _variant(coordinate_descent=True),
-    "autotune_gemm": _variant(autotune_gemm=True),
-    "whole_step": _variant(layer_regions=False),
-    "dense_gemv": _variant(dense_gemv=True),  # every one-row bf16 decoder linear through dense_triton
-    "dense_gemv_small": _variant(dense_gemv=True, gemv_shapes=[(6144, 5120), (5120, 4096), (5120, 14336)]),
-}
-
-
-def stage_ab(args) -> None:
-    """Switchable variants of the decode step on one model, in one process: b1 tok/s at the bench context
-    and the greedy ids of the same prompt, which must not change (a faster step that decodes differently
-    is a bug, not a speed-up)."""
-    import torch
-
-    res: dict = {"device": device_name(), "torch": torch.__version__, "variants": {}}
-    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out_dir(args)))
-    ckpt.model.fuse_projections()
-    baseline = None
-    first = next(iter(AB_VARIANTS))
-    chosen = [first, *[n for n in os.environ.get("AB", ",".join(AB_VARIANTS)).split(",") if n and n != first]]
-    for name in chosen:
-        AB_VARIANTS[name]()
-        eng = engine_for(ckpt, 1, prefix_cache_bytes=0)
-        timed_run(eng, image_prompt(10_000, QUESTION), 130)  # captures the long bucket
-        runs = [timed_run(eng, image_prompt(20, QUESTION), 129) for _ in range(2)]
-        eng.stop()
-        baseline = baseline or runs[0]["ids"]
-        res["variants"][name] = {
-            "decode_tok_s_b1": max(128 / (r["times"][-1] - r["times"][0]) for r in runs),
-            "same_ids_as_baseline": runs[0]["ids"] == baseline and runs[1]["ids"] == baseline,
-            "engine_warmup_s": eng.warmup_s,  # compile cost of the variant (the inductor cache is shared)
-        }
-        save(args, "ab", res)
-    AB_VARIANTS[next(iter(AB_VARIANTS))]()  # back to the baseline
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--stage", choices=["limits", "peer", "bf16", "check", "ready", "ready-child", "int8", "int4",
@@ -385,7 +325,9 @@ def main() -> None:
         "int8": lambda: stage_quant(args, "int8", save, engine_measurements),
         "int4": lambda: stage_quant(args, "int4", save, engine_measurements),
         "int4-12g": lambda: stage_int4_12g(args, engine_for, timed_run),
-        "ab": lambda: stage_ab(args),
+        "ab": lambda: stage_ab(
+            args, save, engine_for, timed_run, lambda seed: image_prompt(seed, QUESTION), out_dir(args)
+        ),
     }
     stages[args.stage]()
 

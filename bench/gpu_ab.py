@@ -1,0 +1,90 @@
+"""bench/gpu.py stage `ab`: switchable variants of the decode step on one model, in one process, through the
+engine: b1 tok/s at the bench context and the greedy ids of the same prompt, which must not change (a faster
+step that decodes differently is a bug, not a speed-up). Variants that change the K splits change the order
+of the sums, so there `same_ids_as_baseline` is reported, not required.
+
+    AB=baseline,no_pdl PYTHONPATH=. python3 bench/gpu.py --stage ab --out $OUT      # bf16 weights
+    AB_QUANT=int4 AB=baseline,no_pdl,splits2 ...                                     # int4 weights
+"""
+
+from __future__ import annotations
+
+import os
+
+from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_tokenizer
+
+
+def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
+             layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
+             programs_per_sm: int = 4):  # fmt: skip
+    """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
+    the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
+    effect."""
+
+    def setup() -> None:
+        import torch
+        import torch._inductor.config as inductor
+
+        import pixdesk.engine.static as static
+        import pixdesk.model.dense_gemv as dense
+        from pixdesk.model import int4_mma, quant_triton
+        from pixdesk.model import pdl as pdl_module
+
+        torch.backends.cuda.preferred_blas_library(blas)
+        inductor.coordinate_descent_tuning = coordinate_descent
+        inductor.max_autotune_gemm = autotune_gemm  # Triton GEMV templates against cuBLAS, per shape
+        static.LAYER_REGIONS = layer_regions
+        dense.DECODE_GEMV, dense.GEMV_SHAPES = dense_gemv, frozenset(gemv_shapes)
+        pdl_module.ENABLED = pdl
+        quant_triton.PROGRAMS_PER_SM = programs_per_sm  # the K splits of the quantized GEMVs
+        int4_mma._gemv1_mma.cache.clear()
+        torch._dynamo.reset()
+
+    return setup
+
+
+AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
+    "baseline": _variant(),
+    "cublaslt": _variant(blas="cublaslt"),
+    "coordinate_descent": _variant(coordinate_descent=True),
+    "autotune_gemm": _variant(autotune_gemm=True),
+    "whole_step": _variant(layer_regions=False),
+    "dense_gemv": _variant(dense_gemv=True),  # every one-row bf16 decoder linear through dense_triton
+    "dense_gemv_small": _variant(dense_gemv=True, gemv_shapes=[(6144, 5120), (5120, 4096), (5120, 14336)]),
+    "no_pdl": _variant(pdl=False),  # every kernel launched plainly (model/pdl.py)
+    "splits2": _variant(programs_per_sm=2),  # fewer K splits in the quantized GEMVs
+}
+
+
+def stage_ab(args, save, engine_for, timed_run, prompt, out) -> None:
+    """The variants named in $AB (all by default) after the baseline, on bf16 weights or, with $AB_QUANT, on
+    int8/int4 ones quantized in place; `prompt(seed)` is the bench's image prompt, `out` a scratch folder."""
+    import torch
+
+    from pixdesk.model.quant import QuantSpec, quantize_model
+
+    quant = os.environ.get("AB_QUANT", "none")
+    res: dict = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu-smoke", "quant": quant,
+                 "torch": torch.__version__, "variants": {}}  # fmt: skip
+    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out))
+    if quant != "none":
+        quantize_model(ckpt.model, QuantSpec(quant))
+        torch.cuda.empty_cache()
+    ckpt.model.fuse_projections()
+    baseline = None
+    first = next(iter(AB_VARIANTS))
+    chosen = [first, *[n for n in os.environ.get("AB", ",".join(AB_VARIANTS)).split(",") if n and n != first]]
+    for name in chosen:
+        AB_VARIANTS[name]()
+        eng = engine_for(ckpt, 1, prefix_cache_bytes=0)
+        timed_run(eng, prompt(10_000), 130)  # captures the long bucket
+        runs = [timed_run(eng, prompt(20), 129) for _ in range(2)]
+        eng.stop()
+        baseline = baseline or runs[0]["ids"]
+        res["variants"][name] = {
+            "decode_tok_s_b1": max(128 / (r["times"][-1] - r["times"][0]) for r in runs),
+            "same_ids_as_baseline": runs[0]["ids"] == baseline and runs[1]["ids"] == baseline,
+            "engine_warmup_s": eng.warmup_s,  # compile cost of the variant (the inductor cache is shared)
+        }
+        save(args, "ab", res)
+    AB_VARIANTS[first]()  # back to the baseline
