@@ -247,7 +247,9 @@ def concat_linears(mods: list[nn.Module]) -> nn.Module:
         fused.scales = torch.cat([m.scales for m in mods])
         return fused
     fused = Int4Linear(first.in_features, out, first.group_size, device="meta")
-    fused.set_buffers(*(torch.cat([getattr(m, b) for m in mods]) for b in ("qweight", "scales", "mins")))
+    for name in ("qweight", "scales", "mins"):  # joined along N in memory order: one copy, group-major
+        stored = torch.cat([Int4Linear.stored(getattr(m, name)) for m in mods], dim=1)
+        setattr(fused, name, Int4Linear.stored(stored))
     return fused
 
 
