@@ -140,13 +140,8 @@ class Int4Linear(nn.Module):
     @classmethod
     def from_float(cls, w: torch.Tensor, group_size: int = INT4_GROUP) -> Int4Linear:
         m = cls(w.shape[1], w.shape[0], group_size, device="meta")
-        m.set_buffers(*quantize_int4(w, group_size))
+        m.qweight, m.scales, m.mins = quant_ops.group_major(*quantize_int4(w, group_size))
         return m
-
-    def set_buffers(self, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor) -> None:
-        """Take int4 buffers in any layout ((N, K/2) row-major from quantize_int4, a concatenation, the
-        cache file's tensors), storing them group-major."""
-        self.qweight, self.scales, self.mins = quant_ops.group_major(qweight, scales, mins)
 
     @staticmethod
     def stored(buffer: torch.Tensor) -> torch.Tensor:

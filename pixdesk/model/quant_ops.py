@@ -225,8 +225,8 @@ def int4_gated_op(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group: int
 ) -> torch.Tensor:
     """x (1, K) through an int4 gate|up weight (N, K) -> silu(gate) * up (1, N / 2): the one-row mma GEMV's
-    partials, then one kernel for their sum, SiLU and the product (silu_mul.py); else the product, SiLU and
-    the product in torch."""
+    partials, then one kernel for their sum, SiLU and the product (silu_mul.py); elsewhere the linear, then
+    SiLU and the product in torch."""
     kernels = _kernels()
     mma = kernels[2] if kernels is not None and INT4_MMA else None
     if mma is not None and x.is_cuda and mma.supported(x, group) and mma.aligned(scales, mins):

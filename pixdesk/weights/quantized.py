@@ -245,6 +245,6 @@ def _put_buffer(model: nn.Module, name: str, value: torch.Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name)
     if isinstance(module, Int4Linear):
-        module.put_buffer(leaf, value)  # its own (group-major) layout: one buffer's copy at a time
+        module.put_buffer(leaf, value)  # stored in memory order: a group-major view, no copy
     else:
         module._buffers[leaf] = value
