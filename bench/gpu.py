@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from source: `python bench/gpu.py` without an install
 
-from bench.gpu_ab import stage_ab  # noqa: E402
+from bench.gpu_ab import host_ms_per_step, stage_ab  # noqa: E402
 from bench.gpu_model import (  # noqa: E402
     DEVICE,
     IMAGE_GRID,
@@ -208,6 +208,7 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     # how many of the timed runs' decode steps were launched before the previous step's picks were read
     res["decode_b1_steps"] = after["decode_steps"] - before["decode_steps"]
     res["decode_b1_pipelined_steps"] = after["pipelined_steps"] - before["pipelined_steps"]
+    res.update({f"decode_b1_{k}": v for k, v in host_ms_per_step(before, after).items()})
     res["decode_tok_s_b1_all"] = [128 / (r["times"][-1] - r["times"][0]) for r in runs]  # client-side
     res["decode_tok_s_b1"] = max(res["decode_tok_s_b1_all"])
     res["decode_tok_s_b1_engine"] = eng.scheduler.stats.decode_tok_s(1)

@@ -16,7 +16,7 @@ from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_to
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
-             programs_per_sm: int = 4):  # fmt: skip
+             programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -37,6 +37,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         dense.DECODE_GEMV, dense.GEMV_SHAPES = dense_gemv, frozenset(gemv_shapes)
         pdl_module.ENABLED = pdl
         quant_triton.PROGRAMS_PER_SM = programs_per_sm  # the K splits of the quantized GEMVs
+        quant_triton.MAX_SPLITS, quant_triton.MIN_BLOCKS_PER_SPLIT = max_splits, min_blocks
         int4_mma._gemv1_mma.cache.clear()
         torch._dynamo.reset()
 
@@ -53,7 +54,35 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "dense_gemv_small": _variant(dense_gemv=True, gemv_shapes=[(6144, 5120), (5120, 4096), (5120, 14336)]),
     "no_pdl": _variant(pdl=False),  # every kernel launched plainly (model/pdl.py)
     "splits2": _variant(programs_per_sm=2),  # fewer K splits in the quantized GEMVs
+    # more K splits: programs of 2-5 groups (wo: 16 splits), every group's weights in flight at once
+    "splits16": _variant(programs_per_sm=8, max_splits=16, min_blocks=2),
+    "splits32": _variant(programs_per_sm=16, max_splits=32, min_blocks=1),  # wo and down: 32 splits
 }
+
+
+def host_ms_per_step(before: dict, after: dict) -> dict:
+    """Between two engine stats snapshots: the host's time a decode step launching it and blocked on its
+    picks (waiting ~0 means the host, not the device, sets the pace)."""
+    steps = max(after["decode_steps"] - before["decode_steps"], 1)
+    return {f"{key}_ms_per_step": 1e3 * (after[f"decode_{key}_s"] - before[f"decode_{key}_s"]) / steps
+            for key in ("launch", "wait")}  # fmt: skip
+
+
+def replay_ms(decoder, context: int, reps: int = 100) -> float | None:
+    """Mean time of the static step's graph for `context` replayed back to back (None: no such graph)."""
+    import time
+
+    import torch
+
+    entry = decoder.graphs.get(decoder.bucket(context)) if decoder is not None else None
+    if entry is None:
+        return None
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(reps):
+        entry[0].replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / reps * 1e3
 
 
 def stage_ab(args, save, engine_for, timed_run, prompt, out) -> None:
@@ -78,12 +107,17 @@ def stage_ab(args, save, engine_for, timed_run, prompt, out) -> None:
         AB_VARIANTS[name]()
         eng = engine_for(ckpt, 1, prefix_cache_bytes=0)
         timed_run(eng, prompt(10_000), 130)  # captures the long bucket
+        before = eng.stats()
         runs = [timed_run(eng, prompt(20), 129) for _ in range(2)]
+        host = host_ms_per_step(before, eng.stats())
+        replay = replay_ms(eng.scheduler.decoder, len(prompt(20).ids) + 128) if DEVICE == "cuda" else None
         eng.stop()
         baseline = baseline or runs[0]["ids"]
         res["variants"][name] = {
             "decode_tok_s_b1": max(128 / (r["times"][-1] - r["times"][0]) for r in runs),
             "same_ids_as_baseline": runs[0]["ids"] == baseline and runs[1]["ids"] == baseline,
+            "replay_ms": replay,  # the step's CUDA graph alone, back to back
+            **host,
             "engine_warmup_s": eng.warmup_s,  # compile cost of the variant (the inductor cache is shared)
         }
         save(args, "ab", res)

@@ -47,20 +47,27 @@ def scheduler_like_ms(bias: dict, steps: int = 100) -> float:
             for i in range(args.slots)]  # fmt: skip
     step = launch_step(m, kv, sd, seqs, tok, [4210] * args.slots)
     step.host_picks()
+    launch = wait = 0.0
     t = time.perf_counter()
     for i in range(steps):
         nxt = launch_step(m, kv, sd, seqs, step.picks, [4211 + i] * args.slots, speculative=True)
         step.host_picks()
-        step = nxt
+        launch, wait, step = launch + nxt.launch_s, wait + step.wait_s, nxt
     step.host_picks()
-    return (time.perf_counter() - t) / steps * 1e3
+    ms = (time.perf_counter() - t) / steps * 1e3
+    print(
+        f"  host a step: launch {launch / steps * 1e3:.3f} ms, waiting for picks {wait / steps * 1e3:.3f} ms"
+    )
+    return ms
 
 
 with torch.inference_mode():
     t = time.time()
     sd.step(slots, tok, pos(4200))
     torch.cuda.synchronize()
-    print(f"{args.quant} slots={args.slots}: first step (compile + capture) {time.time() - t:.1f}s", flush=True)
+    print(
+        f"{args.quant} slots={args.slots}: first step (compile + capture) {time.time() - t:.1f}s", flush=True
+    )
     for i in range(5):
         sd.step(slots, tok, pos(4201 + i))
     torch.cuda.synchronize()
@@ -81,4 +88,7 @@ with torch.inference_mode():
         for _ in range(3):
             graph.replay()
         torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60), flush=True)
+    print(
+        prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=60),
+        flush=True,
+    )

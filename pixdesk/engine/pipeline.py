@@ -55,6 +55,8 @@ class PendingStep:
     picks: torch.Tensor | None  # (B,) ids on the device (logit bias applied); None when no row is greedy
     speculative: bool  # launched before the host had read the previous step's picks
     t_start: float  # perf_counter at launch
+    launch_s: float = 0.0  # host time the launch took (step, pick and copy queued)
+    wait_s: float = 0.0  # host time `host_picks` spent blocked on the device
     _host: torch.Tensor | None = None  # pinned copy of `picks` (CUDA)
     _ready: torch.cuda.Event | None = None  # recorded after that copy
 
@@ -69,17 +71,20 @@ class PendingStep:
             step._host.copy_(picks, non_blocking=True)
             step._ready = torch.cuda.Event()
             step._ready.record()
+        step.launch_s = time.perf_counter() - t_start
         return step
 
     def host_picks(self) -> list[int | None]:
         """The greedy rows' ids, None for the other rows; waits for this step only."""
         if self.picks is None:
             return [None] * len(self.seqs)
+        t = time.perf_counter()
         if self._ready is not None:
             self._ready.synchronize()
             ids = self._host.tolist()
         else:
             ids = self.picks.tolist()
+        self.wait_s += time.perf_counter() - t
         return [t if g else None for t, g in zip(ids, self.greedy)]
 
 

@@ -312,6 +312,8 @@ class Scheduler:
         # A pipelined step ran while the previous one was accounted: time it from that collection on.
         self.stats.record_decode_step(len(rows), now - max(step.t_start, self._collected_at))
         self.stats.pipelined_steps += step.speculative
+        self.stats.decode_launch_seconds += step.launch_s
+        self.stats.decode_wait_seconds += step.wait_s
         self._collected_at = now
 
     def _decode_one(self, seq: Sequence) -> None:

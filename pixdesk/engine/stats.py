@@ -20,6 +20,8 @@ class EngineStats:
     prefill_chunks: int = 0
     decode_steps: int = 0
     pipelined_steps: int = 0  # decode steps launched before the previous step's picks were read
+    decode_launch_seconds: float = 0.0  # host time launching batched steps (static step: queueing its graph)
+    decode_wait_seconds: float = 0.0  # host time blocked on the device for batched steps' picks
     seqs_per_step: Counter = field(default_factory=Counter)  # batch size -> decode steps
     decode_seconds: Counter = field(default_factory=Counter)  # batch size -> seconds in those steps
     vision_calls: int = 0  # images encoded (feature-cache misses)
@@ -73,6 +75,8 @@ class EngineStats:
             "prefill_chunks": self.prefill_chunks,
             "decode_steps": self.decode_steps,
             "pipelined_steps": self.pipelined_steps,
+            "decode_launch_s": self.decode_launch_seconds,
+            "decode_wait_s": self.decode_wait_seconds,
             "seqs_per_decode_step": dict(self.seqs_per_step),
             "decode_tok_s_by_batch": {b: self.decode_tok_s(b) for b in self.seqs_per_step},
             "mean_seqs_per_decode_step": (

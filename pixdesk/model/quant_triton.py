@@ -183,6 +183,7 @@ def _int8_gemv(x_ptr, w_ptr, s_ptr, y_ptr, M, N, K, SPLIT_WORDS, MB: tl.constexp
 
 MAX_SPLITS = 8
 PROGRAMS_PER_SM = 4  # split K until the grid has this many programs per SM
+MIN_BLOCKS_PER_SPLIT = 2  # ... as long as each split keeps this many blocks along K
 
 
 @functools.cache
@@ -194,10 +195,14 @@ def _sm_count(device: torch.device) -> int:
 
 def k_splits(programs: int, k_blocks: int, device: torch.device) -> int:
     """How many K-splits a decode GEMV with `programs` programs along N uses (1 = no partials): doubled
-    while the grid leaves SMs short of PROGRAMS_PER_SM and each split keeps >= 2 of the `k_blocks` blocks
-    along K. wo, w2 and q|k|v of a 12B model give 160-320 programs for an H200's 132 SMs."""
+    while the grid leaves SMs short of PROGRAMS_PER_SM and each split keeps >= MIN_BLOCKS_PER_SPLIT of the
+    `k_blocks` blocks along K. wo, w2 and q|k|v of a 12B model give 160-320 programs for an H200's 132 SMs."""
     s = 1
-    while s < MAX_SPLITS and programs * s < PROGRAMS_PER_SM * _sm_count(device) and k_blocks >= 4 * s:
+    while (
+        s < MAX_SPLITS
+        and programs * s < PROGRAMS_PER_SM * _sm_count(device)
+        and k_blocks >= 2 * MIN_BLOCKS_PER_SPLIT * s
+    ):
         s *= 2
     return s
 
