@@ -130,13 +130,14 @@ class TokenStream:
         piece = self.tok.id_to_piece
         return TokenLogprob(token, piece(token), lp, [(i, piece(i), v) for i, v in top])
 
-    def push(self, token: int, logits: torch.Tensor) -> tuple[Delta, str | None]:
-        """Account one sampled token. Returns (delta to emit, finish reason or None)."""
+    def push(self, token: int, logits: torch.Tensor | None) -> tuple[Delta, str | None]:
+        """Account one sampled token (`logits` may be None without logprobs). Returns (delta to emit, finish
+        reason or None)."""
         delta, reason = self._push(token, logits)
         self.emitted.append(delta.text)
         return delta, reason
 
-    def _push(self, token: int, logits: torch.Tensor) -> tuple[Delta, str | None]:
+    def _push(self, token: int, logits: torch.Tensor | None) -> tuple[Delta, str | None]:
         self.n_generated += 1
         self.counts[token] += 1
         lps = [self.logprob_entry(logits, token)] if self.params.logprobs else None

@@ -50,27 +50,29 @@ def room_for_another(seq, position: int, max_len: int) -> bool:
 class PendingStep:
     seqs: list  # the sequences it covers, in row order
     positions: list[int]  # the KV position each row's input token went to
-    logits: torch.Tensor  # (B, V) fp32, copies out of the step's buffer: the next step cannot overwrite them
+    logits: torch.Tensor | None  # (B, V) fp32 copies out of the step's buffer; None when no row needs them
     greedy: list[bool]  # rows picked on the device; the others are sampled on the host from `logits`
-    picks: torch.Tensor | None  # (B,) ids on the device (logit bias applied); None when no row is greedy
+    picks: torch.Tensor | None  # ids on the device (logit bias applied); None when no row is greedy
+    pick_rows: list[int]  # where row i's pick is in `picks`
     speculative: bool  # launched before the host had read the previous step's picks
     t_start: float  # perf_counter at launch
     launch_s: float = 0.0  # host time the launch took (step, pick and copy queued)
     wait_s: float = 0.0  # host time `host_picks` spent blocked on the device
-    _host: torch.Tensor | None = None  # pinned copy of `picks` (CUDA)
+    _host: torch.Tensor | None = None  # host copy of `picks` (pinned on CUDA)
     _ready: torch.cuda.Event | None = None  # recorded after that copy
 
     @classmethod
-    def start(cls, seqs, positions, logits, biases, *, speculative: bool, t_start: float) -> PendingStep:
-        """Queue the greedy rows' picks (rows whose `biases` entry is not None) and their copy to the host."""
-        greedy = [b is not None for b in biases]
-        picks = greedy_ids(logits, biases) if any(greedy) else None
-        step = cls(seqs, positions, logits, greedy, picks, speculative, t_start)
+    def start(cls, seqs, positions, logits, greedy, picks, pick_rows, *, speculative, t_start) -> PendingStep:
+        """Queue the copy of the greedy rows' `picks` to the host (none when no row is greedy)."""
+        picks = picks if any(greedy) else None
+        step = cls(seqs, positions, logits, greedy, picks, pick_rows, speculative, t_start)
         if picks is not None and picks.is_cuda:
             step._host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
             step._host.copy_(picks, non_blocking=True)
             step._ready = torch.cuda.Event()
             step._ready.record()
+        elif picks is not None:  # a static decoder's buffer: the next step overwrites it
+            step._host = picks.clone()
         step.launch_s = time.perf_counter() - t_start
         return step
 
@@ -81,21 +83,27 @@ class PendingStep:
         t = time.perf_counter()
         if self._ready is not None:
             self._ready.synchronize()
-            ids = self._host.tolist()
-        else:
-            ids = self.picks.tolist()
+        ids = self._host.tolist()
         self.wait_s += time.perf_counter() - t
-        return [t if g else None for t, g in zip(ids, self.greedy)]
+        return [ids[r] if g else None for r, g in zip(self.pick_rows, self.greedy)]
 
 
 def launch_step(model, kv, decoder, seqs, tokens, positions: list[int], *, speculative=False) -> PendingStep:
     """Run one decode step (the static `decoder`'s, or the per-request step when it is None) and queue the
-    greedy rows' picks: one argmax over the batch and one device->host transfer. Reads nothing back."""
+    greedy rows' picks and their one device->host transfer. The static step picks inside itself
+    (engine/slot_picks.py) and copies logits out only for rows that need them (sampled, or logprobs);
+    the per-request step's logits get one argmax over the batch. Reads nothing back."""
     start = time.perf_counter()
-    slots, pos = torch.tensor([s.slot for s in seqs]), torch.tensor(positions)
+    slot_ids = [s.slot for s in seqs]
+    slots, pos = torch.tensor(slot_ids), torch.tensor(positions)
+    biases = [s.params.logit_bias if batch_greedy(s) else None for s in seqs]
+    greedy = [b is not None for b in biases]
     if decoder is not None:
-        logits = decoder.step(slots, tokens, pos)
+        want_logits = not all(greedy) or any(s.params.logprobs for s in seqs)
+        logits = decoder.launch(slots, tokens, pos, biases, logits=want_logits)
+        picks, pick_rows = decoder.picks, slot_ids
     else:
         logits = decode_step(model, kv, slots, tokens, pos)
-    biases = [s.params.logit_bias if batch_greedy(s) else None for s in seqs]
-    return PendingStep.start(seqs, positions, logits, biases, speculative=speculative, t_start=start)
+        picks, pick_rows = greedy_ids(logits, biases) if any(greedy) else None, list(range(len(seqs)))
+    return PendingStep.start(seqs, positions, logits, greedy, picks, pick_rows, speculative=speculative,
+                             t_start=start)  # fmt: skip

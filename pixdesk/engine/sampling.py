@@ -98,14 +98,15 @@ def greedy_ids(logits: torch.Tensor, biases: list[dict[int, float] | None]) -> t
     if triples:
         scores = logits.clone()
         rows, toks, values = zip(*triples)
-        index = _to_device([rows, toks], torch.long, logits.device)
+        index = to_device([rows, toks], torch.long, logits.device)
         scores.index_put_(
-            (index[0], index[1]), _to_device(values, logits.dtype, logits.device), accumulate=True
+            (index[0], index[1]), to_device(values, logits.dtype, logits.device), accumulate=True
         )
     return scores.argmax(-1)
 
 
-def _to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values -> a tensor on `device` without waiting for the stream (through pinned memory)."""
     t = torch.tensor(values, dtype=dtype)
     if device.type == "cuda":
         return t.pin_memory().to(device, non_blocking=True)  # the pinned block is held until the copy ran

@@ -307,7 +307,8 @@ class Scheduler:
         picks = step.host_picks()
         for i in rows:
             s = step.seqs[i]
-            self._guarded(s, "sample", lambda s=s, i=i: self._sample(s, step.logits[i], picks[i]))
+            logits = step.logits[i] if step.logits is not None else None
+            self._guarded(s, "sample", lambda s=s, i=i, lg=logits: self._sample(s, lg, picks[i]))
         now = time.perf_counter()
         # A pipelined step ran while the previous one was accounted: time it from that collection on.
         self.stats.record_decode_step(len(rows), now - max(step.t_start, self._collected_at))
@@ -324,8 +325,9 @@ class Scheduler:
         self.stats.record_decode_step(1)
         self._sample(seq, logits)
 
-    def _sample(self, seq: Sequence, logits: torch.Tensor, pick: int | None = None) -> None:
-        """Sample (or take the batch-computed greedy `pick`), then account and stream the token."""
+    def _sample(self, seq: Sequence, logits: torch.Tensor | None, pick: int | None = None) -> None:
+        """Sample (or take the batch-computed greedy `pick`), then account and stream the token. `logits` is
+        None only for a greedy pick without logprobs (the static step did not copy them out)."""
         if self.stage_hook:
             self.stage_hook("sample", seq)
         if pick is not None:

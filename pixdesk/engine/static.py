@@ -16,6 +16,7 @@ import functools
 import torch
 
 from pixdesk.engine.cache import KVCache
+from pixdesk.engine.slot_picks import SlotPicks
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.quant_ops import linear_partials, sum_partials
 from pixdesk.model.rope import rope_tables, text_angles
@@ -208,13 +209,15 @@ class StaticDecoder:
         self.kernel = _kernel_available(device) if kernel is None else kernel
         if self.kernel:
             _register_kernels()
-        # The step's inputs (token, position, output row order) live in one device buffer, filled from one
-        # pinned host buffer with one copy per step: no blocking transfers or small kernels before the replay.
+        # The step's inputs (token, position, output row order, token-from-picks flag) live in one device
+        # buffer, filled from one pinned host buffer with one copy per step: no blocking transfers or small
+        # kernels before the replay. The step ends with every slot's greedy pick (engine/slot_picks.py).
         n, pinned = cache.n_slots, device.type == "cuda"
-        self._staging = torch.zeros(3, n, dtype=torch.long, pin_memory=pinned)
-        self._io = torch.zeros(3, n, dtype=torch.long, device=device)
+        self._staging = torch.zeros(4, n, dtype=torch.long, pin_memory=pinned)
+        self._io = torch.zeros(4, n, dtype=torch.long, device=device)
         self._copied = torch.cuda.Event() if pinned else None
-        self.tokens, self.positions, self._rows = self._io[0], self._io[1], self._io[2]
+        self.tokens, self.positions, self._rows, self._from_picks = self._io.unbind(0)
+        self.slot_picks = SlotPicks(n, model.args.text.vocab_size, device)
         self._slot_rows = torch.arange(n, device=device)
         self.key_pos: dict[int, torch.Tensor] = {}
         self._fn = None
@@ -261,6 +264,19 @@ class StaticDecoder:
             self._zeros = linear_partials(w2, hidden).zero_()
         return self._zeros
 
+    @property
+    def picks(self) -> torch.Tensor:
+        """(n_slots,) ids: each slot row's greedy pick (logit bias applied) from the last step."""
+        return self.slot_picks.picks
+
+    def _picked_step(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor):
+        """What a step runs (and a graph captures): flagged rows' tokens from the last picks, the compiled
+        step, this step's picks."""
+        self.slot_picks.feed(tokens, self._from_picks)
+        logits = self._function()(tokens, positions, key_pos)
+        self.slot_picks.pick(logits)
+        return logits
+
     def _function(self):
         if self._fn is None:
             if self.layer_regions:
@@ -279,7 +295,7 @@ class StaticDecoder:
             # One memory pool for every bucket's graph: they never run at once, and each step's logits are
             # copied out before the next replay, so a new bucket reuses memory instead of adding its own.
             args = (self.tokens, self.positions, self._key_pos(bucket))
-            self.graphs[bucket] = capture(self._function(), args, self._pool)
+            self.graphs[bucket] = capture(self._picked_step, args, self._pool)
         return self.graphs[bucket]
 
     def warm_attention(self) -> int:
@@ -298,33 +314,41 @@ class StaticDecoder:
         return self.key_pos[bucket]
 
     def step(self, slots: torch.Tensor, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V) for those rows.
+        """tokens (B,) at positions (B,) in slots (B,) -> fp32 logits (B, V) for those rows (`launch`)."""
+        return self.launch(slots, tokens, positions)
 
-        Host `tokens` travel with the positions through the pinned staging buffer. `tokens` already on the
-        decoder's device (the previous step's picks, for the scheduler's pipelined decode) are written into
-        the input buffer by a device op queued before the step, so no device->host trip separates two steps.
-        (On a CPU decoder every tensor is on its device: the same op, no staging for the tokens.)
+    def launch(self, slots, tokens, positions, biases=None, *, logits: bool = True) -> torch.Tensor | None:
+        """Queue one step: tokens (B,) at positions (B,) in slots (B,). Returns the fp32 logits (B, V) of
+        those rows, copied out of the step's buffer (None with `logits` False: nothing copied); every slot
+        row's greedy pick, biased by `biases[i]` (dicts or None) for slots[i], lands in `picks`. Reads
+        nothing back.
+
+        Host `tokens` travel with the positions through the pinned staging buffer. `tokens` that are this
+        decoder's `picks` (the scheduler's pipelined decode) are flagged instead and taken from the buffer by
+        the step itself, so no device->host trip and no extra device op separates two steps.
         """
         slots, positions = slots.cpu(), positions.cpu()
-        on_device = tokens.device == self.tokens.device
         if self._copied is not None:
             self._copied.synchronize()  # the previous step's copy has left the pinned buffer
+        self.slot_picks.set_biases(slots.tolist(), biases or [None] * len(slots))
         staged = self._staging
         staged[0].zero_()
         staged[1].fill_(self.cache.scratch_position)
-        if not on_device:
-            staged[0, slots] = tokens
+        staged[3].zero_()
+        if tokens is self.picks:
+            staged[3, slots] = 1
+        else:
+            staged[0, slots] = tokens.cpu()
         staged[1, slots] = positions
         staged[2, : len(slots)] = slots
         self._io.copy_(staged, non_blocking=True)
         if self._copied is not None:
             self._copied.record()
-        if on_device:  # same stream, after the copy above and before the step reads the buffer
-            self.tokens.index_copy_(0, self._rows[: len(slots)], tokens.to(torch.long))
         bucket = self.bucket(int(positions.max()) + 1)
         if self.use_graphs:
-            graph, logits = self._graph(bucket)
+            graph, out = self._graph(bucket)
             graph.replay()
         else:
-            logits = self._function()(self.tokens, self.positions, self._key_pos(bucket))
-        return logits.index_select(0, self._rows[: len(slots)])  # copies out of the graph's output buffer
+            out = self._picked_step(self.tokens, self.positions, self._key_pos(bucket))
+        # a copy: the next step overwrites the graph's output buffer
+        return out.index_select(0, self._rows[: len(slots)]) if logits else None

@@ -138,8 +138,11 @@ def test_a_full_context_never_steps_past_the_cache(tiny):
     plain, _ = assert_same(tiny, script, max_context=64)
     assert [events[-1].reason for events in plain] == ["length", "length"]
     eng = LocalEngine(tiny, SchedulerConfig(**{**CFG, "max_context": 64}))
-    step, fed = eng.scheduler.decoder.step, []
-    eng.scheduler.decoder.step = lambda s, t, p: (fed.append(int(p.max())), step(s, t, p))[1]
+    launch, fed = eng.scheduler.decoder.launch, []
+    eng.scheduler.decoder.launch = lambda s, t, p, *a, **k: (
+        fed.append(int(p.max())),
+        launch(s, t, p, *a, **k),
+    )[1]
     drive(eng, script)
     assert max(fed) == 64 - 2 and eng.scheduler.stats.pipelined_steps > 0
 

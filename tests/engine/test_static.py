@@ -58,6 +58,35 @@ def test_the_step_compiled_layer_by_layer_equals_the_eager_step(tiny):
     assert torch.equal(kv_a.k[0], kv_b.k[0]) or float((kv_a.k[0] - kv_b.k[0]).abs().max()) < 1e-4
 
 
+def test_the_step_picks_with_each_slots_bias_and_feeds_itself(tiny):
+    """The static step's own greedy picks (engine/slot_picks.py) equal greedy_ids on its logits; a slot's
+    bias row follows the bias it is given (and clears); tokens fed from the picks equal the same host ids."""
+    from pixdesk.engine.sampling import greedy_ids
+
+    model = tiny.model
+    kv_a, kv_b = (KVCache.for_model(model, 3, 64) for _ in range(2))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for slot in (0, 2):
+            prefix = model.tok_embeddings(torch.randint(10, 1000, (9,), generator=g))
+            for kv in (kv_a, kv_b):
+                prefill(model, kv, slot, prefix, 0)
+        a, b = (StaticDecoder(model, kv, compile=False, bucket_size=16) for kv in (kv_a, kv_b))
+        slots, positions, tokens = torch.tensor([2, 0]), torch.tensor([9, 9]), torch.tensor([500, 600])
+        bias_steps, picked = [[{1500: 90.0}, None], [{}, {2: -100.0, 77: 100.0}], [None, None]], []
+        for step, biases in enumerate(bias_steps):
+            logits = a.launch(slots, tokens, positions, biases)
+            want = greedy_ids(logits, biases)
+            assert torch.equal(a.picks[slots], want), step
+            fed = b.launch(slots, b.picks if step else tokens, positions, biases, logits=step == 2)
+            assert (fed is None) if step < 2 else torch.equal(fed, logits)
+            assert torch.equal(b.picks, a.picks), step
+            tokens, positions = want, positions + 1
+            picked.append(want.tolist())
+        assert picked[0][0] == 1500 and picked[1][1] == 77  # the biases took effect
+        assert picked[2] == logits.argmax(-1).tolist() and not a.slot_picks.bias.any()  # and cleared
+
+
 def test_fused_projections_compute_the_same(tiny_dir):
     from pixdesk.weights.checkpoint import load_checkpoint
 
