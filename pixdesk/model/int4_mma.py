@@ -41,6 +41,11 @@ from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
 GROUP = 128  # a group is 16 int32 words: 4 lanes of a quad x 4 words
 BLOCK_N = 128  # rows a program: sets the K split, so fixed (warps and stages are tuned)
+# (N, K) -> (num_warps, PREFETCH, STAGES) for the Pixtral-12B decoder's shapes on Hopper, from
+# bench/int4_configs.py's chain timings (each config in a 40-weight CUDA-graph chain, H200); other shapes and
+# GPUs autotune, whose lone-launch timings are noise on the small shapes.
+PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {}
+PINNED_ARCH = (9, 0)
 
 
 def _mma_group_asm() -> str:
@@ -264,6 +269,19 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     grid = (triton.cdiv(N, BLOCK_N), S)
     use_pdl = pdl.enabled(x.device)
     strides = int4_strides(qweight, scales)
-    _gemv1_mma[grid](x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides,
-                     BLOCK_N=BLOCK_N, USE_PDL=use_pdl, **pdl.launch(use_pdl))  # fmt: skip
+    args = (x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides)
+    pinned = _pinned(N, K, x.device)
+    if pinned is None:
+        _gemv1_mma[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, **pdl.launch(use_pdl))
+    else:
+        warps, prefetch, stages = pinned
+        _gemv1_mma.fn[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, PREFETCH=prefetch, STAGES=stages,
+                            num_warps=warps, **pdl.launch(use_pdl))  # fmt: skip
     return y
+
+
+def _pinned(N: int, K: int, device: torch.device) -> tuple[int, bool, int] | None:
+    """The pinned config of an (N, K) weight on this GPU, or None (autotune)."""
+    if _INTERPRET or (N, K) not in PINNED or torch.cuda.get_device_capability(device) != PINNED_ARCH:
+        return None
+    return PINNED[(N, K)]
