@@ -16,7 +16,7 @@ from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_to
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
-             programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2):  # fmt: skip
+             programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -38,11 +38,14 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         pdl_module.ENABLED = pdl
         quant_triton.PROGRAMS_PER_SM = programs_per_sm  # the K splits of the quantized GEMVs
         quant_triton.MAX_SPLITS, quant_triton.MIN_BLOCKS_PER_SPLIT = max_splits, min_blocks
+        int4_mma.PINNED = dict(_PINS) if pinned else {}
         int4_mma._gemv1_mma.cache.clear()
         torch._dynamo.reset()
 
     return setup
 
+
+_PINS = dict(__import__("pixdesk.model.int4_mma", fromlist=["PINNED"]).PINNED)  # as shipped
 
 AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
     "baseline": _variant(),
@@ -53,6 +56,7 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "dense_gemv": _variant(dense_gemv=True),  # every one-row bf16 decoder linear through dense_triton
     "dense_gemv_small": _variant(dense_gemv=True, gemv_shapes=[(6144, 5120), (5120, 4096), (5120, 14336)]),
     "no_pdl": _variant(pdl=False),  # every kernel launched plainly (model/pdl.py)
+    "autotuned": _variant(pinned=False),  # int4_mma's configs autotuned per shape, none pinned
     "splits2": _variant(programs_per_sm=2),  # fewer K splits in the quantized GEMVs
     # more K splits: programs of 2-5 groups (wo: 16 splits), every group's weights in flight at once
     "splits16": _variant(programs_per_sm=8, max_splits=16, min_blocks=2),

@@ -44,7 +44,13 @@ BLOCK_N = 128  # rows a program: sets the K split, so fixed (warps and stages ar
 # (N, K) -> (num_warps, PREFETCH, STAGES) for the Pixtral-12B decoder's shapes on Hopper, from
 # bench/int4_configs.py's chain timings (each config in a 40-weight CUDA-graph chain, H200); other shapes and
 # GPUs autotune, whose lone-launch timings are noise on the small shapes.
-PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {}
+PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {
+    (6144, 5120): (8, True, 1),  # q|k|v: register prefetch, 8 warps
+    (5120, 4096): (8, True, 1),  # wo
+    (28672, 5120): (4, False, 3),  # gate|up: cp.async pipeline, 2 groups in flight
+    (5120, 14336): (4, False, 3),  # down
+    (131072, 5120): (4, False, 3),  # LM head
+}
 PINNED_ARCH = (9, 0)
 
 
