@@ -1,0 +1,82 @@
+"""Where the engine's decode leaves the GPU idle: one b1 request (its image prefix cached, so ~all decode)
+under the profiler with host activity; the idle gaps longer than GAP_US, counted by the device operations on
+either side and by the host calls in progress when each gap ended (what the device was waiting for).
+
+    PYTHONPATH=. python3 bench/engine_gaps.py [--quant int4|int8|none]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import torch
+
+from bench.gpu import QUESTION, engine_for, timed_run
+from bench.gpu_model import DEVICE, PIXTRAL_12B, image_prompt, random_checkpoint, synthetic_tokenizer
+
+GAP_US = 20.0
+
+
+def gaps(prof) -> list[tuple[float, float, str, str]]:
+    """(start, end, device op before, device op after) of each idle stretch longer than GAP_US."""
+    ops = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                 if str(e.device_type).endswith("CUDA"))  # fmt: skip
+    if not ops:
+        return []
+    out, (_, end, last) = [], ops[0]
+    for a, b, name in ops[1:]:
+        if a - end > GAP_US:
+            out.append((end, a, last, name))
+        if b > end:
+            end, last = b, name
+    return out
+
+
+def host_calls_at(prof, moments: list[float]) -> Counter:
+    """How often each host event was in progress at one of `moments` (us)."""
+    host = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+            if str(e.device_type).endswith("CPU")]  # fmt: skip
+    return Counter(name for t in moments for a, b, name in host if a <= t <= b)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quant", choices=["none", "int8", "int4"], default="int4")
+    ap.add_argument("--scratch", default="/tmp/pixdesk-gaps")
+    args = ap.parse_args()
+    from pathlib import Path
+
+    from pixdesk.model.quant import QuantSpec, quantize_model
+
+    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(Path(args.scratch)))
+    if args.quant != "none":
+        quantize_model(ckpt.model, QuantSpec(args.quant))
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    ckpt.model.fuse_projections()
+    eng = engine_for(ckpt, 1)
+    prompt = image_prompt(21, QUESTION)
+    for _ in range(2):
+        run = timed_run(eng, prompt, 129)
+    print(f"{args.quant} b1 unprofiled: {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:  # fmt: skip
+        run = timed_run(eng, prompt, 129)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+    eng.stop()
+    print(f"profiled: {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)
+    found = gaps(prof)
+    total = sum(b - a for a, b, _, _ in found)
+    print(f"{len(found)} gaps > {GAP_US:.0f} us, {total / 1e3:.2f} ms in all ({total / max(len(found), 1):.1f} us "
+          f"mean)")  # fmt: skip
+    for (before, after), n in Counter((b4[:50], af[:50]) for _, _, b4, af in found).most_common(8):
+        print(f"  {n:4d}  {before}  ->  {after}")
+    print("host calls in progress when the gaps ended:")
+    for name, n in host_calls_at(prof, [b for _, b, _, _ in found]).most_common(25):
+        print(f"  {n:4d}  {name[:100]}")
+
+
+if __name__ == "__main__":
+    main()
