@@ -49,6 +49,7 @@ def main() -> None:
 
     from pixdesk.model.quant import QuantSpec, quantize_model
 
+    Path(args.scratch).mkdir(parents=True, exist_ok=True)
     ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(Path(args.scratch)))
     if args.quant != "none":
         quantize_model(ckpt.model, QuantSpec(args.quant))
