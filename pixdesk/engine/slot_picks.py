@@ -43,8 +43,12 @@ class SlotPicks:
             self._bias_of[slot] = dict(bias)
 
     def feed(self, tokens: torch.Tensor, from_picks: torch.Tensor) -> None:
-        """In the step, before the model: rows with `from_picks` != 0 take their token from the last picks."""
+        """In the step, before the model: rows with `from_picks` != 0 take their token from the last picks,
+        and the flags clear. So the step is idempotent: run again (a graph capture's warm-up runs do that,
+        when a new attention bucket is captured in the middle of pipelined decode) it reads the same tokens,
+        not the picks the first run just wrote."""
         torch.where(from_picks != 0, self.picks, tokens, out=tokens)
+        from_picks.zero_()
 
     def pick(self, logits: torch.Tensor) -> None:
         """In the step, after the model: each row's greedy id of fp32 `logits` (n_slots, V) + its bias."""

@@ -240,3 +240,20 @@ def test_on_the_gpu_pipelined_equals_plain(tiny_dir, compile):
               SamplingParams(max_tokens=40, stop=(stop,))]  # fmt: skip
     script = {0: [submit(prompt(i, 10 * i + 5), q) for i, q in enumerate(params)], 20: [cancel(0)]}
     assert_same(gpu, script, compile=compile)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the device path needs CUDA")
+def test_on_the_gpu_buckets_captured_mid_pipeline_equal_plain(tiny_dir):
+    """A new attention bucket's graph captured between pipelined steps (its warm-up runs repeat a step fed
+    from the picks) decodes as the plain loop does."""
+    from pixdesk.weights.checkpoint import load_checkpoint
+
+    gpu = load_checkpoint(tiny_dir, device="cuda")
+    script = {0: [submit(prompt(0, 10), SamplingParams(max_tokens=60))]}
+    runs = []
+    for pipeline in (False, True):
+        eng = LocalEngine(gpu, SchedulerConfig(**{**CFG, "compile": True, "pipeline_decode": pipeline}))
+        eng.scheduler.decoder.bucket_size = 16  # a new graph every 16 positions
+        runs.append(([[comparable(ev) for ev in s] for s in drive(eng, script)], eng.scheduler.stats))
+    assert runs[1][0] == runs[0][0] and runs[1][1].pipelined_steps > 0
+    assert len(eng.scheduler.decoder.graphs) >= 4

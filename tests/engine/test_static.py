@@ -85,6 +85,11 @@ def test_the_step_picks_with_each_slots_bias_and_feeds_itself(tiny):
             picked.append(want.tolist())
         assert picked[0][0] == 1500 and picked[1][1] == 77  # the biases took effect
         assert picked[2] == logits.argmax(-1).tolist() and not a.slot_picks.bias.any()  # and cleared
+        # A step fed from the picks, then run again as a graph capture's warm-up runs it: same picks.
+        b.launch(slots, b.picks, positions)
+        once = b.picks.clone()
+        b._picked_step(b.tokens, b.positions, b._key_pos(b.bucket(int(positions.max()) + 1)))
+        assert torch.equal(b.picks, once)
 
 
 def test_fused_projections_compute_the_same(tiny_dir):
