@@ -38,14 +38,12 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         pdl_module.ENABLED = pdl
         quant_triton.PROGRAMS_PER_SM = programs_per_sm  # the K splits of the quantized GEMVs
         quant_triton.MAX_SPLITS, quant_triton.MIN_BLOCKS_PER_SPLIT = max_splits, min_blocks
-        int4_mma.PINNED = dict(_PINS) if pinned else {}
+        int4_mma.USE_PINNED = pinned
         int4_mma._gemv1_mma.cache.clear()
         torch._dynamo.reset()
 
     return setup
 
-
-_PINS = dict(__import__("pixdesk.model.int4_mma", fromlist=["PINNED"]).PINNED)  # as shipped
 
 AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is checked against
     "baseline": _variant(),

@@ -141,7 +141,8 @@ def autotuned_configs() -> dict:
     kernels = {"int8": quant_triton._int8_gemv, "int4_rows": int4_triton._gemv_rows,
                "int4_one_row": int4_triton._gemv1, "int4_mma": int4_mma._gemv1_mma}  # fmt: skip
     picks = {name: {str(k[:4]): str(v) for k, v in kern.cache.items()} for name, kern in kernels.items()}
-    return {**picks, "int4_mma_pinned": {str(k): str(v) for k, v in int4_mma.PINNED.items()}}
+    pinned = int4_mma.PINNED if int4_mma.USE_PINNED else {}
+    return {**picks, "int4_mma_pinned": {str(k): str(v) for k, v in pinned.items()}}
 
 
 def run_capped_child(args, entry: Path) -> dict:

@@ -38,7 +38,7 @@ def chain(x, lins) -> list:
 
 def main() -> None:
     kernel = int4_mma._gemv1_mma
-    int4_mma.PINNED = {}  # every config through the autotuner's list, one at a time
+    int4_mma.USE_PINNED = False  # every config through the autotuner's list, one at a time
     configs = list(kernel.configs)
     res = {}
     print("| shape | " + " | ".join(label(c) for c in configs) + " |")

@@ -52,6 +52,7 @@ PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {
     (131072, 5120): (4, False, 3),  # LM head
 }
 PINNED_ARCH = (9, 0)
+USE_PINNED = True  # off: every shape autotunes (bench/int4_configs.py, the a/b stage's "autotuned")
 
 
 def _mma_group_asm() -> str:
@@ -288,6 +289,8 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
 
 def _pinned(N: int, K: int, device: torch.device) -> tuple[int, bool, int] | None:
     """The pinned config of an (N, K) weight on this GPU, or None (autotune)."""
-    if _INTERPRET or (N, K) not in PINNED or torch.cuda.get_device_capability(device) != PINNED_ARCH:
+    if _INTERPRET or not USE_PINNED or (N, K) not in PINNED:
+        return None
+    if torch.cuda.get_device_capability(device) != PINNED_ARCH:
         return None
     return PINNED[(N, K)]

@@ -85,3 +85,12 @@ def test_int4_gated_on_cuda_equals_the_unfused_form():
         total += p
     gate, up = total.to(x.dtype).chunk(2, dim=-1)
     torch.testing.assert_close(got.float(), (F.silu(gate) * up).float(), rtol=2**-6, atol=1e-2)
+
+
+def test_the_pinned_configs_are_among_the_autotuners():
+    """int4_mma.PINNED names configs the autotuner offers too (so the interpreter check above covers them)."""
+    pytest.importorskip("triton")
+    from pixdesk.model import int4_mma
+
+    offered = {(c.num_warps, c.kwargs["PREFETCH"], c.kwargs["STAGES"]) for c in int4_mma._configs()}
+    assert int4_mma.PINNED and set(int4_mma.PINNED.values()) <= offered
