@@ -13,6 +13,7 @@ from collections import Counter
 import torch
 
 from bench.gpu import QUESTION, engine_for, timed_run
+from bench.gpu_busy import idle_gaps
 from bench.gpu_model import DEVICE, PIXTRAL_12B, image_prompt, random_checkpoint, synthetic_tokenizer
 
 GAP_US = 20.0
@@ -20,17 +21,9 @@ GAP_US = 20.0
 
 def gaps(prof) -> list[tuple[float, float, str, str]]:
     """(start, end, device op before, device op after) of each idle stretch longer than GAP_US."""
-    ops = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
-                 if str(e.device_type).endswith("CUDA"))  # fmt: skip
-    if not ops:
-        return []
-    out, (_, end, last) = [], ops[0]
-    for a, b, name in ops[1:]:
-        if a - end > GAP_US:
-            out.append((end, a, last, name))
-        if b > end:
-            end, last = b, name
-    return out
+    ops = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+           if str(e.device_type).endswith("CUDA")]  # fmt: skip
+    return [(a, b, before[2], after[2]) for a, b, before, after in idle_gaps(ops, GAP_US)]
 
 
 def host_calls_at(prof, moments: list[float]) -> Counter:

@@ -292,8 +292,8 @@ class StaticDecoder:
         if bucket not in self.graphs:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            # One memory pool for every bucket's graph: they never run at once, and each step's logits are
-            # copied out before the next replay, so a new bucket reuses memory instead of adding its own.
+            # One memory pool for every bucket's graph: they never run at once, and the logits anyone reads
+            # are copied out before the next replay, so a new bucket reuses memory instead of adding its own.
             args = (self.tokens, self.positions, self._key_pos(bucket))
             self.graphs[bucket] = capture(self._picked_step, args, self._pool)
         return self.graphs[bucket]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.gpu_busy import busy_report, interval_union
+from bench.gpu_busy import busy_report, idle_gaps, interval_union
 
 
 def test_overlapping_kernels_count_once():
@@ -19,3 +19,9 @@ def test_overlapping_kernels_count_once():
 
 def test_no_events():
     assert busy_report([])["busy_fraction"] == 0.0
+
+
+def test_idle_gaps_name_the_events_either_side():
+    events = [(45.0, 50.0, "c"), (0.0, 10.0, "a"), (8.0, 15.0, "b"), (9.0, 12.0, "nested")]
+    assert idle_gaps(events, 20.0) == [(15.0, 45.0, (8.0, 15.0, "b"), (45.0, 50.0, "c"))]
+    assert idle_gaps([], 20.0) == []
