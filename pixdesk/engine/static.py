@@ -110,17 +110,28 @@ def _decode_layer(layer, x, branch, cos, sin, kc, vc, rows, positions, reads, ke
 def _kernel_layer(layer, x, branch, cos, sin, kc, vc, positions, lengths, n_keys: int):
     """The layer on the decode kernels (CUDA): each residual add + RMSNorm one single-pass kernel
     (decode_norm.py; Inductor's own form is FUSED_NORM off), the q|k|v partials summed, rotated and written to
-    the cache by one kernel (decode_attention.rope_cache_write), then the decode-attention kernel over
-    `lengths` keys a slot. Same contract as _decode_layer."""
+    the cache by one kernel (decode_attention.rope_cache_write; int4 at one slot: inside the projection's
+    GEMV, int4_fused.py), then the decode-attention kernel over `lengths` keys a slot. Same contract as
+    _decode_layer."""
     a, ff, B = layer.attention, layer.feed_forward, x.shape[0]
     an, fn = layer.attention_norm, layer.ffn_norm
     x, normed = _add_norm(x[:, 0], branch, an)
-    parts = linear_partials(a.wqkv, normed)  # (S, B, (H + 2 Hkv) D)
-    q = torch.ops.pixdesk.rope_cache_write(parts, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions,
-                                           a.n_heads)  # fmt: skip
+    q = _project_rotate_write(a, normed, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions)
     attended = torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)  # (B, H, D)
     h, normed = _add_norm(x, linear_partials(a.wo, attended.reshape(B, -1)), fn)
     return h[:, None], linear_partials(ff.w2, ff.hidden(normed))
+
+
+def _project_rotate_write(attention, x, cos, sin, kc, vc, positions) -> torch.Tensor:
+    """x (B, dim) -> rotated q (B, H, D); k rotated and v written to the cache at the rows' positions: the
+    projection's own fused kernel where it has one (int4, one slot: quant.Int4Linear.qkv_rope), else the
+    projection's partials, then rope_cache_write."""
+    fused = getattr(attention.wqkv, "qkv_rope", None)
+    q = fused(x, cos, sin, kc, vc, positions, attention.n_heads) if fused is not None else None
+    if q is not None:
+        return q
+    parts = linear_partials(attention.wqkv, x)  # (S, B, (H + 2 Hkv) D)
+    return torch.ops.pixdesk.rope_cache_write(parts, cos, sin, kc, vc, positions, attention.n_heads)
 
 
 def _add_norm(x: torch.Tensor, parts: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:

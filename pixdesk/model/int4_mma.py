@@ -200,30 +200,25 @@ def _prune(configs, named_args, **kwargs):
     return configs[:1] if _INTERPRET else configs
 
 
-@triton.autotune(configs=_configs(), key=["N", "KW", "SWN"], cache_results=True, do_bench=_bench,
-                 prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-               BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-               STAGES: tl.constexpr):  # fmt: skip
-    """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
-    pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit). Launched with PDL (pdl.py), the
-    register-prefetch loop loads its first group's weights before it waits for the previous kernel."""
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = rn < N
-    rn_in = tl.minimum(rn, N - 1)
+def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+                   BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+                   STAGES: tl.constexpr):  # fmt: skip
+    """One row x (1, K) bf16 @ the int4 weight's `rows` (BLOCK_N,) (each < N) over the groups of split
+    program_id(1) -> fp32 sums (BLOCK_N,). Waits for the previous kernel (PDL, pdl.py) after loading what
+    no kernel writes: with the register prefetch, the first group's weights."""
     rw = tl.arange(0, 16)
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w32 = w_ptr.to(tl.pointer_type(tl.int32))
     acc = tl.zeros((BLOCK_N, 16), tl.float32)
-    # No masks in the loop: rows past N read row N - 1 (their sums are not stored), and the loop runs over
-    # this split's groups only.
-    w_rows = w32 + rn_in[:, None] * SWN + rw[None, :]
-    sm_rows = rn_in * SSN
+    # No masks in the loop: the caller's rows are all valid, and the loop runs over this split's groups only.
+    w_rows = w32 + rows[:, None] * SWN + rw[None, :]
+    sm_rows = rows * SSN
     if PREFETCH and STAGES == 1:  # the first group's weights, scales and minimums: no kernel writes them
-        word = tl.load(w_rows + g_lo * SWG)
-        s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_lo * SSG)
+        g_first = tl.minimum(g_lo, NG - 1)  # an empty last split (NG < S * SPLIT_GROUPS) stays in bounds
+        word = tl.load(w_rows + g_first * SWG)
+        s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_first * SSG)
     pdl.wait(USE_PDL)  # from here on the previous kernel's output (x) is complete
     pdl.release(USE_PDL)
     if STAGES > 1:
@@ -251,7 +246,22 @@ def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, 
     out = tl.sum(acc, axis=1)
     if _ASM:
         out = out * 0.25  # each lane of a quad added the whole group's sums
-    tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=n_ok)
+    return out
+
+
+@triton.autotune(configs=_configs(), key=["N", "KW", "SWN"], cache_results=True, do_bench=_bench,
+                 prune_configs_by={"early_config_prune": _prune})  # fmt: skip
+@triton.jit
+def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+               BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+               STAGES: tl.constexpr):  # fmt: skip
+    """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
+    pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit). Rows past N read row N - 1 (their sums
+    are not stored)."""
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    out = _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, tl.minimum(rn, N - 1), NG, SPLIT_GROUPS, SWN, SWG, SSN,
+                         SSG, BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
+    tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=rn < N)
 
 
 def supported(x: torch.Tensor, group: int) -> bool:

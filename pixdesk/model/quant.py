@@ -187,6 +187,15 @@ class Int4Linear(nn.Module):
             return None
         return quant_ops.int4_gated(x, self.qweight, self.scales, self.mins, self.group_size)
 
+    def qkv_rope(self, x, cos, sin, keys, values, positions, n_heads: int) -> torch.Tensor | None:
+        """As a fused q|k|v: one row x, its rotation tables cos/sin (1, D/2) -> rotated q (1, H, D), with k
+        and v written to the cache's only slot at positions[0] in the same kernel; or None where that
+        kernel does not apply (quant_ops.int4_qkv_rope)."""
+        if self.cuda_pack is not None:
+            return None
+        weight = (self.qweight, self.scales, self.mins, self.group_size)
+        return quant_ops.int4_qkv_rope(x, *weight, cos, sin, keys, values, positions, n_heads)
+
     def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Decode rows through torch's CPU int4 kernel (bf16 activations, its own packed copy); prefill and
         group sizes it lacks (tiny test models) multiply by the dequantized weight (quant_ops says why)."""

@@ -28,6 +28,10 @@ TINYGEMM_ROWS = 1
 # H200 against 3.56 (tinygemm) and 3.95 (int4_triton's one-row kernel), session 9; 2.45 ms on group-major
 # buffers, session 10.
 INT4_MMA = True
+# The one-row int4 gate|up and q|k|v GEMVs with the SiLU x up, and the RoPE + cache write, in their epilogue
+# (int4_fused.py): one kernel a layer less each. Off: the mma GEMV, then silu_mul.py / rope_cache_write.
+FUSED_GATED = True
+FUSED_ROPE = True
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
@@ -224,12 +228,16 @@ def int4_linear(x, qweight, scales, mins, group: int) -> torch.Tensor:
 def int4_gated_op(
     x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor, group: int
 ) -> torch.Tensor:
-    """x (1, K) through an int4 gate|up weight (N, K) -> silu(gate) * up (1, N / 2): the one-row mma GEMV's
-    partials, then one kernel for their sum, SiLU and the product (silu_mul.py); elsewhere the linear, then
-    SiLU and the product in torch."""
+    """x (1, K) through an int4 gate|up weight (N, K) -> silu(gate) * up (1, N / 2): the one-row mma GEMV
+    with SiLU x up in its epilogue (int4_fused.gated; FUSED_GATED off: its partials, then silu_mul.py);
+    elsewhere the linear, then SiLU and the product in torch."""
     kernels = _kernels()
     mma = kernels[2] if kernels is not None and INT4_MMA else None
     if mma is not None and x.is_cuda and mma.supported(x, group) and mma.aligned(scales, mins):
+        if FUSED_GATED:
+            from pixdesk.model import int4_fused
+
+            return int4_fused.gated(x, qweight, scales, mins)
         from pixdesk.model.silu_mul import silu_mul_partials
 
         return silu_mul_partials(mma.int4_gemv_mma(x, qweight, scales, mins), x.dtype)
@@ -251,6 +259,47 @@ def int4_gated(x: torch.Tensor, qweight, scales, mins, group: int) -> torch.Tens
     if not x.is_cuda or x.numel() != scales.shape[1] * group or x.dtype != torch.bfloat16:
         return None
     return int4_gated_op(x.reshape(1, -1).contiguous(), qweight, scales, mins, group)
+
+
+@torch.library.custom_op("pixdesk::int4_qkv_rope", mutates_args=("keys", "values"))
+def int4_qkv_rope_op(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    mins: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor,
+    n_heads: int,
+) -> torch.Tensor:
+    """x (1, K) bf16 through an int4 q|k|v weight, q and k rotated, k and v written to the cache's slot 0 at
+    positions[0]: one kernel (int4_fused.qkv_rope). Returns q (1, H, D)."""
+    from pixdesk.model import int4_fused
+
+    return int4_fused.qkv_rope(x, qweight, scales, mins, cos, sin, keys, values, positions, n_heads)
+
+
+@int4_qkv_rope_op.register_fake
+def _(x, qweight, scales, mins, cos, sin, keys, values, positions, n_heads):
+    return keys.new_empty(1, n_heads, keys.shape[3])
+
+
+def int4_qkv_rope(x, qweight, scales, mins, group: int, cos, sin, keys, values, positions, n_heads: int):
+    """The decode step's q|k|v projection, RoPE and cache write as one kernel (int4_qkv_rope_op) where it
+    applies: FUSED_ROPE on, one bf16 CUDA row, the mma GEMV's group size and heads of its block size (128)
+    into a cache of one slot; else None. Only tensor properties decide: this runs in the compiled step."""
+    kernels = _kernels()
+    if not (FUSED_ROPE and INT4_MMA and kernels is not None and x.is_cuda and x.dtype == torch.bfloat16):
+        return None
+    mma = kernels[2]
+    if x.numel() != scales.shape[1] * group or keys.shape[0] != 1 or keys.shape[3] != mma.BLOCK_N:
+        return None
+    if not (mma.supported(x.reshape(1, -1), group) and mma.aligned(scales, mins)):
+        return None
+    return int4_qkv_rope_op(x.reshape(1, -1).contiguous(), qweight, scales, mins, cos, sin, keys, values,
+                            positions, n_heads)  # fmt: skip
 
 
 def int4_cpu_pack(
