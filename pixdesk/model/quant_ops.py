@@ -275,10 +275,14 @@ def int4_qkv_rope_op(
     n_heads: int,
 ) -> torch.Tensor:
     """x (1, K) bf16 through an int4 q|k|v weight, q and k rotated, k and v written to the cache's slot 0 at
-    positions[0]: one kernel (int4_fused.qkv_rope). Returns q (1, H, D)."""
-    from pixdesk.model import int4_fused
+    positions[0]: one kernel (int4_fused.qkv_rope), or where the scales are not 4-byte aligned (the mma
+    GEMV reads them as words) the GEMV's partials, then rope_cache_write. Returns q (1, H, D)."""
+    from pixdesk.model import int4_fused, int4_mma
 
-    return int4_fused.qkv_rope(x, qweight, scales, mins, cos, sin, keys, values, positions, n_heads)
+    if int4_mma.aligned(scales, mins):
+        return int4_fused.qkv_rope(x, qweight, scales, mins, cos, sin, keys, values, positions, n_heads)
+    parts = _int4_linear_op(x, qweight, scales, mins, group_of(qweight, scales))
+    return torch.ops.pixdesk.rope_cache_write(parts, cos, sin, keys, values, positions, n_heads)
 
 
 @int4_qkv_rope_op.register_fake
@@ -289,14 +293,15 @@ def _(x, qweight, scales, mins, cos, sin, keys, values, positions, n_heads):
 def int4_qkv_rope(x, qweight, scales, mins, group: int, cos, sin, keys, values, positions, n_heads: int):
     """The decode step's q|k|v projection, RoPE and cache write as one kernel (int4_qkv_rope_op) where it
     applies: FUSED_ROPE on, one bf16 CUDA row, the mma GEMV's group size and heads of its block size (128)
-    into a cache of one slot; else None. Only tensor properties decide: this runs in the compiled step."""
+    into a cache of one slot; else None. Only tensor properties decide (no data pointers): this runs in
+    the compiled step."""
     kernels = _kernels()
     if not (FUSED_ROPE and INT4_MMA and kernels is not None and x.is_cuda and x.dtype == torch.bfloat16):
         return None
     mma = kernels[2]
     if x.numel() != scales.shape[1] * group or keys.shape[0] != 1 or keys.shape[3] != mma.BLOCK_N:
         return None
-    if not (mma.supported(x.reshape(1, -1), group) and mma.aligned(scales, mins)):
+    if not mma.supported(x.reshape(1, -1), group):
         return None
     return int4_qkv_rope_op(x.reshape(1, -1).contiguous(), qweight, scales, mins, cos, sin, keys, values,
                             positions, n_heads)  # fmt: skip

@@ -161,3 +161,47 @@ def test_captured_step_on_cuda_equals_the_dynamic_step(tiny_dir, quant):
                 got = static.step(slots, tokens, positions)
                 assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max()), (rows, step)
                 tokens, positions = want.argmax(-1).cpu(), positions + 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused int4 kernels need CUDA")
+def test_int4_step_with_fused_epilogues_on_cuda_equals_the_unfused_one():
+    """int4 at one slot with heads of 128: the q|k|v GEMV rotates and writes the cache and the gate|up GEMV
+    applies SiLU x up in their epilogues (model/int4_fused.py); the same step with both as kernels of their
+    own (quant_ops.FUSED_* off) gives the same logits, and both follow the plain-torch step."""
+    from dataclasses import replace
+
+    from pixdesk.model import quant_ops
+    from pixdesk.model.pixtral import Pixtral
+    from pixdesk.model.quant import QuantSpec, quantize_model
+    from pixdesk.weights.tiny import TINY_ARGS
+
+    # K of 1,024: 8 groups, so the GEMVs split K in two and the epilogues run in the last program of a block
+    text = replace(TINY_ARGS.text, dim=1024, head_dim=128, n_heads=4, n_kv_heads=2, hidden_dim=1024)
+    torch.manual_seed(0)
+    model = Pixtral(replace(TINY_ARGS, text=text)).to("cuda", torch.bfloat16).eval()
+    quantize_model(model, QuantSpec("int4"))
+    model.fuse_projections()
+    prefix = torch.randint(10, 2000, (40,), device="cuda")
+    logits = {}
+    try:
+        for fused in (True, False):
+            quant_ops.FUSED_GATED = quant_ops.FUSED_ROPE = fused
+            torch._dynamo.reset()
+            kv_ref, kv = KVCache.for_model(model, 1, 128), KVCache.for_model(model, 1, 128)
+            static = StaticDecoder(model, kv, bucket_size=64)
+            with torch.inference_mode():
+                for cache in (kv_ref, kv):
+                    prefill(model, cache, 0, model.tok_embeddings(prefix), 0)
+                slots, tokens, positions, out = torch.tensor([0]), torch.tensor([900]), torch.tensor([40]), []
+                for _ in range(30):  # past the 64-key bucket
+                    want = decode_step(model, kv_ref, slots, tokens.cuda(), positions)
+                    got = static.step(slots, tokens, positions)
+                    assert float((got - want).abs().max()) <= 0.05 * float(want.abs().max())
+                    out.append(got)
+                    tokens, positions = want.argmax(-1).cpu(), positions + 1
+            logits[fused] = torch.cat(out)
+    finally:
+        quant_ops.FUSED_GATED = quant_ops.FUSED_ROPE = True
+        torch._dynamo.reset()
+    scale = float(logits[False].abs().max())
+    torch.testing.assert_close(logits[True], logits[False], rtol=0, atol=1e-3 * scale)
