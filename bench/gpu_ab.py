@@ -17,7 +17,8 @@ from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_to
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
-             fused_gated: bool = True, fused_rope: bool = True, gated_split: int | None = None):  # fmt: skip
+             fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
+             one_row_splits: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -28,7 +29,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
 
         import pixdesk.engine.static as static
         import pixdesk.model.dense_gemv as dense
-        from pixdesk.model import int4_fused, int4_mma, quant_ops, quant_triton
+        from pixdesk.model import int4_fused, int4_mma, int4_triton, quant_ops, quant_triton
         from pixdesk.model import pdl as pdl_module
 
         torch.backends.cuda.preferred_blas_library(blas)
@@ -42,6 +43,8 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         int4_mma.USE_PINNED = pinned
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT = gated_split
+        int4_triton.ONE_ROW_SPLITS.clear()
+        int4_triton.ONE_ROW_SPLITS.update(one_row_splits or {})
         for kernel in (int4_mma._gemv1_mma, int4_fused._gated, int4_fused._qkv_rope):
             kernel.cache.clear()
         torch._dynamo.reset()
@@ -64,10 +67,14 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "splits16": _variant(programs_per_sm=8, max_splits=16, min_blocks=2),
     "splits32": _variant(programs_per_sm=16, max_splits=32, min_blocks=1),  # wo and down: 32 splits
     # int4 at one row: the SiLU x up and the RoPE + cache write as kernels of their own (int4_fused.py)
-    "unfused": _variant(fused_gated=False, fused_rope=False),
-    "unfused_gated": _variant(fused_gated=False),
     "unfused_rope": _variant(fused_rope=False),
-    "gated_unsplit": _variant(gated_split=1),  # gate|up in one K pass: no partials, no counter
+    "fused_gated": _variant(fused_gated=True),
+    "gated_unsplit": _variant(fused_gated=True, gated_split=1),  # gate|up in one K pass, no counter
+    # the one-row int4 GEMVs' K splits per shape (int4_triton.ONE_ROW_SPLITS; bench/int4_splits.py)
+    "down16": _variant(one_row_splits={(5120, 14336): 16}),
+    "down7": _variant(one_row_splits={(5120, 14336): 7}),
+    "wo16": _variant(one_row_splits={(5120, 4096): 16}),
+    "wo4": _variant(one_row_splits={(5120, 4096): 4}),
 }
 
 

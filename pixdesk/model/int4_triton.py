@@ -203,8 +203,15 @@ def int4_strides(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[int, int,
     return swn, swg, scales.stride(0), scales.stride(1)
 
 
+# (N, K) -> K splits of the one-row GEMV, where set (bench tools sweep them: bench/int4_splits.py); else
+# quant_triton.k_splits' rule. Read by the op's shape function too, so the compiled step agrees.
+ONE_ROW_SPLITS: dict[tuple[int, int], int] = {}
+
+
 def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
     """How many K-splits the decode GEMV uses for an (N, K) weight at `rows` rows (1 = no partials)."""
+    if rows == 1 and (N, K) in ONE_ROW_SPLITS:
+        return ONE_ROW_SPLITS[(N, K)]
     return k_splits(triton.cdiv(N, _block_n(rows)), K // group, device)
 
 

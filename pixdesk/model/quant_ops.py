@@ -28,10 +28,13 @@ TINYGEMM_ROWS = 1
 # H200 against 3.56 (tinygemm) and 3.95 (int4_triton's one-row kernel), session 9; 2.45 ms on group-major
 # buffers, session 10.
 INT4_MMA = True
-# The one-row int4 gate|up and q|k|v GEMVs with the SiLU x up, and the RoPE + cache write, in their epilogue
-# (int4_fused.py): one kernel a layer less each. Off: the mma GEMV, then silu_mul.py / rope_cache_write.
-FUSED_GATED = True
+# The one-row int4 q|k|v and gate|up GEMVs with the RoPE + cache write, and the SiLU x up, in their epilogue
+# (int4_fused.py): one kernel a layer less each. Off: the mma GEMV, then rope_cache_write / silu_mul.py.
+# Measured on an H200 (session 12, bench/fused_chain.py: us a call in a 40-layer graph chain): q|k|v 7.18 +
+# 2.28 for rope_cache_write against 8.56 fused (engine b1 311.7 -> 315.4 tok/s); gate|up 24.97 + 1.21 for
+# silu_mul against 29.35 fused (32.2 unsplit): the gated form loses, so it stays off.
 FUSED_ROPE = True
+FUSED_GATED = False
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 

@@ -182,7 +182,7 @@ def test_int4_step_with_fused_epilogues_on_cuda_equals_the_unfused_one():
     quantize_model(model, QuantSpec("int4"))
     model.fuse_projections()
     prefix = torch.randint(10, 2000, (40,), device="cuda")
-    logits = {}
+    logits, knobs = {}, (quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE)
     try:
         for fused in (True, False):
             quant_ops.FUSED_GATED = quant_ops.FUSED_ROPE = fused
@@ -201,7 +201,7 @@ def test_int4_step_with_fused_epilogues_on_cuda_equals_the_unfused_one():
                     tokens, positions = want.argmax(-1).cpu(), positions + 1
             logits[fused] = torch.cat(out)
     finally:
-        quant_ops.FUSED_GATED = quant_ops.FUSED_ROPE = True
+        quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = knobs
         torch._dynamo.reset()
     scale = float(logits[False].abs().max())
     torch.testing.assert_close(logits[True], logits[False], rtol=0, atol=1e-3 * scale)
