@@ -18,7 +18,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
-             one_row_splits: dict | None = None):  # fmt: skip
+             one_row_splits: dict | None = None, reduce_in_gemv: bool = False):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -42,10 +42,10 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         quant_triton.MAX_SPLITS, quant_triton.MIN_BLOCKS_PER_SPLIT = max_splits, min_blocks
         int4_mma.USE_PINNED = pinned
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
-        int4_fused.GATED_SPLIT = gated_split
+        int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         int4_triton.ONE_ROW_SPLITS.clear()
         int4_triton.ONE_ROW_SPLITS.update(one_row_splits or {})
-        for kernel in (int4_mma._gemv1_mma, int4_fused._gated, int4_fused._qkv_rope):
+        for kernel in (int4_mma._gemv1_mma, int4_fused._gated, int4_fused._qkv_rope, int4_fused._reduced):
             kernel.cache.clear()
         torch._dynamo.reset()
 
@@ -75,6 +75,9 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "down7": _variant(one_row_splits={(5120, 14336): 7}),
     "wo16": _variant(one_row_splits={(5120, 4096): 16}),
     "wo4": _variant(one_row_splits={(5120, 4096): 4}),
+    # the partials summed in the GEMV's last program of a block (int4_fused.reduced), at 8 or 16 splits
+    "reduced": _variant(reduce_in_gemv=True),
+    "reduced_down16": _variant(reduce_in_gemv=True, one_row_splits={(5120, 14336): 16}),
 }
 
 

@@ -188,3 +188,33 @@ def qkv_rope(x: torch.Tensor, qweight, scales, mins, cos, sin, keys, values, pos
             values, positions, keys.stride(1), n_heads, Hkv, *shared)  # fmt: skip
     _launch(_qkv_rope, (blocks, S), args, N, K, S, x.device)
     return q
+
+
+@triton.autotune(configs=int4_mma._configs(), key=["N", "KW", "SWN"], cache_results=True, do_bench=_bench,
+                 prune_configs_by={"early_config_prune": int4_mma._prune})  # fmt: skip
+@triton.jit
+def _reduced(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, out_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+             BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
+             STAGES: tl.constexpr):  # fmt: skip
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(rn, N - 1)
+    out = int4_mma._split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+                                  BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
+    if NSPLIT == 1:
+        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
+    else:
+        if _split_done(out, y_ptr, cnt_ptr, BLOCK_N, NSPLIT):
+            total = _split_total(y_ptr, cnt_ptr, BLOCK_N, NSPLIT)
+            tl.store(out_ptr + rn, total.to(out_ptr.dtype.element_ty), mask=rn < N)
+
+
+def reduced(x: torch.Tensor, qweight, scales, mins, split: int | None = None) -> torch.Tensor:
+    """x (1, K) bf16 @ an int4 weight (N, K) -> (1, 1, N) bf16: the K-split partials summed (in split order,
+    rounded once) by each row block's last program, so the next kernel reads one row, not S fp32 ones."""
+    N, K, S, shared = _geometry(x, qweight, scales, mins, split)
+    blocks = triton.cdiv(N, int4_mma.BLOCK_N)
+    out = torch.empty(1, 1, N, dtype=x.dtype, device=x.device)
+    y = torch.empty(S, blocks * int4_mma.BLOCK_N, dtype=torch.float32, device=x.device)
+    _launch(_reduced, (blocks, S), (x, qweight, scales, mins, y, _counters(x.device), out, *shared), N, K, S,
+            x.device)  # fmt: skip
+    return out

@@ -35,6 +35,9 @@ INT4_MMA = True
 # silu_mul against 29.35 fused (32.2 unsplit): the gated form loses, so it stays off.
 FUSED_ROPE = True
 FUSED_GATED = False
+# The one-row int4 GEMV's K-split partials summed in its own last program of each row block (int4_fused.
+# reduced): one bf16 row for the next kernel (the add + RMSNorm is one program a row) instead of S fp32 rows.
+REDUCE_IN_GEMV = False
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
@@ -199,6 +202,10 @@ def _int4_linear_op(
         return F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype)).unsqueeze(0)
     mma = kernels[2]
     if INT4_MMA and mma.supported(x, group) and mma.aligned(scales, mins):
+        if REDUCE_IN_GEMV:
+            from pixdesk.model import int4_fused
+
+            return int4_fused.reduced(x, qweight, scales, mins)
         return mma.int4_gemv_mma(x, qweight, scales, mins)
     if x.shape[0] <= DECODE_ROWS:
         return kernels[1].int4_gemv(x, qweight, scales, mins, group)
@@ -210,6 +217,8 @@ def _int4_linear_op(
 def _(x, qweight, scales, mins, group):
     kernels, (M, K), N = _kernels(), x.shape, qweight.shape[0]
     if kernels is None or M > DECODE_ROWS:
+        return x.new_empty(1, M, N)
+    if REDUCE_IN_GEMV and INT4_MMA and kernels[2].supported(x, group):
         return x.new_empty(1, M, N)
     S = kernels[1].splits(N, K, group, M, x.device)
     return x.new_empty(S, M, N, dtype=kernels[0].partials_dtype(S, x.dtype))
