@@ -34,6 +34,8 @@ other group sizes and dtypes.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -203,16 +205,30 @@ def int4_strides(qweight: torch.Tensor, scales: torch.Tensor) -> tuple[int, int,
     return swn, swg, scales.stride(0), scales.stride(1)
 
 
-# (N, K) -> K splits of the one-row GEMV, where set (bench tools sweep them: bench/int4_splits.py); else
-# quant_triton.k_splits' rule. Read by the op's shape function too, so the compiled step agrees.
+# (N, K) -> K splits of the one-row GEMV, where set (bench tools sweep them: bench/int4_splits.py); else the
+# pinned ones below on their GPU, else quant_triton.k_splits' rule. Read by the op's shape function too, so
+# the compiled step agrees.
 ONE_ROW_SPLITS: dict[tuple[int, int], int] = {}
+# On Hopper (H200, session 12): the 12B down projection at 16 splits (640 programs, 7 groups each) takes
+# 13.9 us a call against 16.3 at k_splits' 8 (bench/int4_splits.py); with the partials summed inside the
+# GEMV (quant_ops.REDUCE_IN_GEMV) the next kernel does not pay for the extra splits: engine b1 324.3 ->
+# 334.1 tok/s (without the in-GEMV sum: 315.5 -> 315.1).
+PINNED_SPLITS: dict[tuple[int, int], int] = {(5120, 14336): 16}
+PINNED_SPLITS_ARCH = (9, 0)
 
 
 def splits(N: int, K: int, group: int, rows: int, device: torch.device) -> int:
     """How many K-splits the decode GEMV uses for an (N, K) weight at `rows` rows (1 = no partials)."""
     if rows == 1 and (N, K) in ONE_ROW_SPLITS:
         return ONE_ROW_SPLITS[(N, K)]
+    if rows == 1 and (N, K) in PINNED_SPLITS and _pinned_arch(device):
+        return PINNED_SPLITS[(N, K)]
     return k_splits(triton.cdiv(N, _block_n(rows)), K // group, device)
+
+
+@functools.cache
+def _pinned_arch(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) == PINNED_SPLITS_ARCH
 
 
 def int4_gemv(x, qweight, scales, mins, group: int) -> torch.Tensor:

@@ -36,8 +36,10 @@ INT4_MMA = True
 FUSED_ROPE = True
 FUSED_GATED = False
 # The one-row int4 GEMV's K-split partials summed in its own last program of each row block (int4_fused.
-# reduced): one bf16 row for the next kernel (the add + RMSNorm is one program a row) instead of S fp32 rows.
-REDUCE_IN_GEMV = False
+# reduced): one bf16 row for the next kernel (the add + RMSNorm after wo and down is one program a row, and
+# reading 8 fp32 rows was most of its time) instead of S fp32 rows. H200, session 12 (`--stage ab`): engine
+# b1 316.8 -> 324.3 tok/s, step replay 3.074 -> 3.004 ms, same greedy ids; 334.1 with down at 16 splits.
+REDUCE_IN_GEMV = True
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
@@ -201,11 +203,13 @@ def _int4_linear_op(
     if kernels is None:
         return F.linear(x, dequantize_int4(qweight, scales, mins, group, x.dtype)).unsqueeze(0)
     mma = kernels[2]
-    if INT4_MMA and mma.supported(x, group) and mma.aligned(scales, mins):
-        if REDUCE_IN_GEMV:
+    if INT4_MMA and mma.supported(x, group) and REDUCE_IN_GEMV:  # one part, as the shape function says
+        if mma.aligned(scales, mins):
             from pixdesk.model import int4_fused
 
             return int4_fused.reduced(x, qweight, scales, mins)
+        return sum_partials(kernels[1].int4_gemv(x, qweight, scales, mins, group), x.dtype)[None]
+    if INT4_MMA and mma.supported(x, group) and mma.aligned(scales, mins):
         return mma.int4_gemv_mma(x, qweight, scales, mins)
     if x.shape[0] <= DECODE_ROWS:
         return kernels[1].int4_gemv(x, qweight, scales, mins, group)

@@ -67,6 +67,32 @@ ROPE = textwrap.dedent(
 )
 
 
+REDUCED = textwrap.dedent(
+    """
+    import torch
+    from pixdesk.model import int4_fused, int4_mma, int4_triton, quant
+    g = torch.Generator().manual_seed(3)
+    for n, k, split in ((200, 1024, 4), (130, 2048, 8), (64, 256, 1)):  # a block ending mid-program
+        lin = quant.Int4Linear.from_float(torch.randn(n, k, generator=g))
+        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
+        got = int4_fused.reduced(x, lin.qweight, lin.scales, lin.mins, split=split)
+        int4_triton.ONE_ROW_SPLITS[(n, k)] = split
+        parts = int4_mma.int4_gemv_mma(x, lin.qweight, lin.scales, lin.mins).float()
+        total = parts[0].clone()
+        for p in parts[1:]:  # the split order
+            total += p
+        assert got.shape == (1, 1, n) and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float()[0], total.to(torch.bfloat16).float(), rtol=2e-2, atol=2e-2)
+        assert int(int4_fused._counters(x.device).abs().sum()) == 0
+    print("ok")
+    """
+)
+
+
+def test_reduced_gemv_in_the_interpreter():
+    assert run_in_interpreter(REDUCED).startswith("ok")
+
+
 def test_gated_gemv_in_the_interpreter():
     assert run_in_interpreter(GATED).startswith("ok")
 
@@ -110,4 +136,9 @@ def test_fused_epilogues_on_cuda_equal_the_unfused_kernels():
     parts = int4_mma.int4_gemv_mma(x, qkv.qweight, qkv.scales, qkv.mins)
     ref_q = torch.ops.pixdesk.rope_cache_write(parts, cos, sin, ref_k, ref_v, positions, 32)
     assert torch.equal(q, ref_q) and torch.equal(keys, ref_k) and torch.equal(values, ref_v)
+    total = parts[0].clone()
+    for p in parts[1:]:  # the split order
+        total += p
+    got = int4_fused.reduced(x, qkv.qweight, qkv.scales, qkv.mins)  # the same splits: the same sum
+    assert torch.equal(got[0], total.to(x.dtype))
     assert int(int4_fused._counters(x.device).abs().sum()) == 0
