@@ -63,6 +63,22 @@ def _mma_group_asm() -> str:
     input pairs of nibble pairs j = 0..3 at $16 + 8j + el, the rows' scales $48.. and minimums $56.. (fp32),
     accumulators in $64.. Inputs that are the same for all four words are read from el = 0 and 4.
     """
+    out = _mma_body()
+    # d0 / d2: D of rows g / g + 8 (column 2c); d8: X. Then D - 128 X, the scale and the minimum.
+    out += ["add.f32 d8, d8, d12;", "add.f32 d0, d0, d4;", "add.f32 d2, d2, d6;"]
+    out += ["fma.rn.f32 d0, d8, 0fC3000000, d0;", "fma.rn.f32 d2, d8, 0fC3000000, d2;"]
+    for h in range(2):
+        out += [f"fma.rn.f32 ${4 * h}, ${48 + 4 * h}, d{2 * h}, ${64 + 4 * h};"]
+        out += [f"fma.rn.f32 ${4 * h + 1}, ${56 + 4 * h}, d8, ${65 + 4 * h};"]
+        out += [f"mov.f32 ${4 * h + i}, ${64 + 4 * h + i};" for i in (2, 3)]
+    return "\n".join(out + ["}"])
+
+
+def _mma_body() -> list[str]:
+    """The PTX both group forms share (an open block): the 32 weight pairs of two rows x 4 words, then the 8
+    mma of the group into two chains, d0..d7 (weights x inputs; d0..d3 and d4..d7 each the m16n8 fragment
+    {row g col 2c, row g col 2c + 1, row g + 8 col 2c, row g + 8 col 2c + 1}) and d8..d15 (ones x inputs:
+    X of columns 2c, 2c + 1 in d8, d9 and d12, d13)."""
     a = lambda h, e, j: f"a{16 * h + 4 * e + j}"  # noqa: E731  (bf16x2 weight pair j of row h, word e)
     xp = lambda e, j: f"${16 + 8 * j + e}"  # noqa: E731  (the input pair it multiplies; row 0's copy)
     out = ["{", ".reg .b32 t, one, a<32>;", ".reg .f32 d<16>;"]
@@ -84,14 +100,7 @@ def _mma_group_asm() -> str:
         w = f"{{{a(0, ep, jp)}, {a(1, ep, jp)}, {a(0, eq, jq)}, {a(1, eq, jq)}}}"
         out.append(f"{mma} {{{d}}}, {w}, {b}, {{{d}}};")
         out.append(f"{mma} {{{ones}}}, {{one, one, one, one}}, {b}, {{{ones}}};")
-    # d0 / d2: D of rows g / g + 8 (column 2c); d8: X. Then D - 128 X, the scale and the minimum.
-    out += ["add.f32 d8, d8, d12;", "add.f32 d0, d0, d4;", "add.f32 d2, d2, d6;"]
-    out += ["fma.rn.f32 d0, d8, 0fC3000000, d0;", "fma.rn.f32 d2, d8, 0fC3000000, d2;"]
-    for h in range(2):
-        out += [f"fma.rn.f32 ${4 * h}, ${48 + 4 * h}, d{2 * h}, ${64 + 4 * h};"]
-        out += [f"fma.rn.f32 ${4 * h + 1}, ${56 + 4 * h}, d8, ${65 + 4 * h};"]
-        out += [f"mov.f32 ${4 * h + i}, ${64 + 4 * h + i};" for i in (2, 3)]
-    return "\n".join(out + ["}"])
+    return out
 
 
 _MMA_GROUP = tl.constexpr(_mma_group_asm())

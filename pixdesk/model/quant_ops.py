@@ -40,6 +40,9 @@ FUSED_GATED = False
 # reading 8 fp32 rows was most of its time) instead of S fp32 rows. H200, session 12 (`--stage ab`): engine
 # b1 316.8 -> 324.3 tok/s, step replay 3.074 -> 3.004 ms, same greedy ids; 334.1 with down at 16 splits.
 REDUCE_IN_GEMV = True
+# 2..8 bf16 rows with groups of 128 through the tensor-core GEMV with one mma column a row
+# (int4_mma_rows.py) instead of int4_triton's 2..16-row kernel. Off until measured on a GPU.
+INT4_MMA_ROWS = False
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
 
@@ -211,6 +214,11 @@ def _int4_linear_op(
         return sum_partials(kernels[1].int4_gemv(x, qweight, scales, mins, group), x.dtype)[None]
     if INT4_MMA and mma.supported(x, group) and mma.aligned(scales, mins):
         return mma.int4_gemv_mma(x, qweight, scales, mins)
+    if INT4_MMA_ROWS and mma.aligned(scales, mins):
+        from pixdesk.model import int4_mma_rows
+
+        if int4_mma_rows.supported(x, group):
+            return int4_mma_rows.int4_gemv_rows_mma(x, qweight, scales, mins)
     if x.shape[0] <= DECODE_ROWS:
         return kernels[1].int4_gemv(x, qweight, scales, mins, group)
     w = kernels[1].int4_dequantize(qweight, scales, mins, group, x.dtype)  # (N, K) temporary
