@@ -1,17 +1,21 @@
-"""The one-row int4 mma GEMV (int4_mma.py) with the next small kernel of the decode step in its epilogue.
+"""The one-row int4 mma GEMV (int4_mma.py) with the work of the kernel after it in its epilogue.
 
-At batch 1 the int4 step is bound by ~400 kernels a token one after another, and the small ones between the
-GEMVs cost ~3.5 us each on an H200 (bench/NOTES.md, session 11) mostly in the hand-over, not in their work.
-Two of them only finish what one GEMV produced, so they move into that GEMV:
-- `gated`: gate|up -> silu(gate) * up. A program's 128 rows are 64 gate rows interleaved with the matching
-  up rows, so its epilogue holds both factors (the silu_mul kernel is gone).
+Where the GEMV splits K (a grid of 4 programs an SM), each program stores its fp32 partial, counts itself done
+on an atomic counter of its row block, and the last one sums the partials in split order (as
+quant_triton.summed_partials does, so the results round as the unfused kernels' do), finishes, and resets the
+counter for the next call (so a CUDA graph replays it). Three forms:
+- `reduced`: the product itself, summed. The add + RMSNorm after wo and down is one program a row; reading
+  8 fp32 partial rows was most of its time, one bf16 row is not, and down can then take 16 splits (H200,
+  session 12: int4 b1 316.8 -> 324.3 -> 334.1 tok/s in the a/b stage). On: quant_ops.REDUCE_IN_GEMV.
 - `qkv_rope`: q|k|v -> q rotated, k rotated and v written into the KV cache at the row's position. A
-  program's 128 rows are one head (head_dim 128), and RoPE pairs (2i, 2i + 1) lie inside it (the
-  rope_cache_write kernel is gone).
-Where the GEMV splits K (a grid of 4 programs an SM), each program stores its fp32 partial, counts itself
-done on an atomic counter of its row block, and the last one sums the partials in split order (as
-quant_triton.summed_partials does, so the results round as the unfused kernels' do) and runs the epilogue,
-then resets the counter for the next call. Rounding follows silu_mul.py and decode_attention._rope_write.
+  program's 128 rows are one head (head_dim 128), and RoPE pairs (2i, 2i + 1) lie inside it; the
+  rope_cache_write kernel is gone (7.18 + 2.28 -> 8.56 us a layer in a graph chain, bench/fused_chain.py).
+  On: quant_ops.FUSED_ROPE.
+- `gated`: gate|up -> silu(gate) * up. A program's 128 rows are 64 gate rows interleaved with the matching
+  up rows, so its epilogue holds both factors. Measured slower than the GEMV + silu_mul (29.35 against
+  24.97 + 1.21 us): off, quant_ops.FUSED_GATED.
+The counters are shared by every call on a device, so these kernels assume one stream at a time (the decode
+step's). Rounding follows silu_mul.py and decode_attention._rope_write.
 """
 
 from __future__ import annotations
@@ -156,6 +160,8 @@ def _geometry(x: torch.Tensor, qweight, scales, mins, split: int | None) -> tupl
     if not int4_mma.supported(x, group) or K % int4_mma.GROUP or not int4_mma.aligned(scales, mins):
         raise ValueError(f"the fused int4 GEMVs take one bf16 row and group size 128, got {tuple(x.shape)}")
     S = split or splits(N, K, int4_mma.GROUP, 1, x.device)
+    if S > 1 and triton.cdiv(N, int4_mma.BLOCK_N) > COUNTERS:
+        raise ValueError(f"a split GEMV of {N} rows needs more than the {COUNTERS} block counters")
     NG = K // int4_mma.GROUP
     return N, K, S, (N, K // 8, NG, triton.cdiv(NG, S), *int4_strides(qweight, scales))
 
