@@ -178,25 +178,31 @@ def _group(word, xp0, xp1, xp2, xp3, s, m, acc):
             dtype=tl.float32, is_pure=True, pack=8,
         )  # fmt: skip
     else:
-        # The same sums per word: slot (row, w) gets s D_w + c X_w over word w's 8 nibbles.
-        d = tl.zeros(acc.shape, tl.float32)
-        xs = tl.zeros(xp0.shape, tl.float32)
-        for j in tl.static_range(4):
-            if j == 0:
-                xp = xp0
-            elif j == 1:
-                xp = xp1
-            elif j == 2:
-                xp = xp2
-            else:
-                xp = xp3
-            lo, hi = _bf16_lo(xp), _bf16_hi(xp)
-            q_lo = ((word >> (4 * j)) & 0xF).to(tl.float32)
-            q_hi = ((word >> (16 + 4 * j)) & 0xF).to(tl.float32)
-            d += (128.0 + q_lo) * lo[None, :] + (128.0 + q_hi) * hi[None, :]
-            xs += lo + hi
-        acc += s[:, None] * (d - 128.0 * xs[None, :]) + m[:, None] * xs[None, :]
+        acc += _word_sums(word, xp0, xp1, xp2, xp3, s, m)
     return acc
+
+
+@triton.jit
+def _word_sums(word, xp0, xp1, xp2, xp3, s, m):
+    """The group's sums per word as plain tensor ops (Triton's interpreter: no mma): (BLOCK_N, 16) whose
+    slot (row, w) is s D_w + (m - 128 s) X_w over word w's 8 nibbles, for the (16,) input pairs xp0..xp3."""
+    d = tl.zeros(word.shape, tl.float32)
+    xs = tl.zeros(xp0.shape, tl.float32)
+    for j in tl.static_range(4):
+        if j == 0:
+            xp = xp0
+        elif j == 1:
+            xp = xp1
+        elif j == 2:
+            xp = xp2
+        else:
+            xp = xp3
+        lo, hi = _bf16_lo(xp), _bf16_hi(xp)
+        q_lo = ((word >> (4 * j)) & 0xF).to(tl.float32)
+        q_hi = ((word >> (16 + 4 * j)) & 0xF).to(tl.float32)
+        d += (128.0 + q_lo) * lo[None, :] + (128.0 + q_hi) * hi[None, :]
+        xs += lo + hi
+    return s[:, None] * (d - 128.0 * xs[None, :]) + m[:, None] * xs[None, :]
 
 
 def _configs() -> list:

@@ -62,23 +62,7 @@ def _group_rows(word, xp0, xp1, xp2, xp3, s, m, acc, x_ptr, K, M, rw, g):
     else:
         for n in tl.static_range(MAX_ROWS):
             p0, p1, p2, p3 = _load_x(x_ptr + tl.minimum(n, M - 1) * K, rw, g)
-            d = tl.zeros(acc.shape, tl.float32)
-            xs = tl.zeros(p0.shape, tl.float32)
-            for j in tl.static_range(4):
-                if j == 0:
-                    xp = p0
-                elif j == 1:
-                    xp = p1
-                elif j == 2:
-                    xp = p2
-                else:
-                    xp = p3
-                lo, hi = int4_mma._bf16_lo(xp), int4_mma._bf16_hi(xp)
-                q_lo = ((word >> (4 * j)) & 0xF).to(tl.float32)
-                q_hi = ((word >> (16 + 4 * j)) & 0xF).to(tl.float32)
-                d += (128.0 + q_lo) * lo[None, :] + (128.0 + q_hi) * hi[None, :]
-                xs += lo + hi
-            col = tl.sum(s[:, None] * (d - 128.0 * xs[None, :]) + m[:, None] * xs[None, :], axis=1)
+            col = tl.sum(int4_mma._word_sums(word, p0, p1, p2, p3, s, m), axis=1)
             acc += tl.where(rw[None, :] == 4 * (n // 2) + n % 2, col[:, None], 0.0)
     return acc
 
