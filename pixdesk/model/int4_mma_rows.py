@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from pixdesk.model import int4_mma, pdl
-from pixdesk.model.int4_mma import _load_bf16_as_words, _load_sm, _load_x, _x_pair
+from pixdesk.model.int4_mma import _load_bf16_as_words, _load_sm
 from pixdesk.model.int4_triton import int4_strides, splits
 from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
@@ -44,16 +44,16 @@ _MMA_ROWS = tl.constexpr(_mma_rows_asm())
 
 
 @triton.jit
-def _load_x_rows(x_ptr, xr, rw, g):
-    """Group g's inputs as four (BLOCK_N, 16) tensors of pairs: tile row r reads x's row at offset xr[r]."""
-    xg = x_ptr + xr[:, None] + g * 128 + rw[None, :]
-    x0, x1, x2, x3 = tl.load(xg), tl.load(xg + 16), tl.load(xg + 32), tl.load(xg + 48)
-    x4, x5, x6, x7 = tl.load(xg + 64), tl.load(xg + 80), tl.load(xg + 96), tl.load(xg + 112)
-    return _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
+def _load_x_rows(xp_ptr, xr, rw, g):
+    """Group g's input pairs as four (BLOCK_N, 16) int32 tensors: tile row r reads the packed row at offset
+    xr[r]. Int32 tiles of 16 contiguous words, like the weights' tile: the same blocked layout (a bf16 load
+    of 16 would take a layout of its own, and the weights' tile with it: no longer the A fragment)."""
+    xg = xp_ptr + xr[:, None] + g * 64 + rw[None, :]
+    return tl.load(xg), tl.load(xg + 16), tl.load(xg + 32), tl.load(xg + 48)
 
 
 @triton.jit
-def _group_rows(word, xp0, xp1, xp2, xp3, s, m, acc, x_ptr, K, M, rw, g):
+def _group_rows(word, xp0, xp1, xp2, xp3, s, m, acc, xp_ptr, KP, M, rw, g):
     if _ASM:
         acc = tl.inline_asm_elementwise(
             _MMA_ROWS, int4_mma._MMA_CONSTRAINTS,
@@ -61,7 +61,8 @@ def _group_rows(word, xp0, xp1, xp2, xp3, s, m, acc, x_ptr, K, M, rw, g):
         )  # fmt: skip
     else:
         for n in tl.static_range(MAX_ROWS):
-            p0, p1, p2, p3 = _load_x(x_ptr + tl.minimum(n, M - 1) * K, rw, g)
+            xg = xp_ptr + tl.minimum(n, M - 1) * KP + g * 64 + rw
+            p0, p1, p2, p3 = tl.load(xg), tl.load(xg + 16), tl.load(xg + 32), tl.load(xg + 48)
             col = tl.sum(int4_mma._word_sums(word, p0, p1, p2, p3, s, m), axis=1)
             acc += tl.where(rw[None, :] == 4 * (n // 2) + n % 2, col[:, None], 0.0)
     return acc
@@ -78,14 +79,15 @@ def _prune(configs, named_args, **kwargs):
 @triton.autotune(configs=_configs(), key=["M", "N", "KW", "SWN"], cache_results=True, do_bench=_bench,
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
-def _gemv_rows_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
+def _gemv_rows_mma(xp_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KP, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
                    BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
-    """x (M <= 8, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over split pid1's groups ->
-    y[pid1, :M, rows] (fp32 partials, or y's dtype when unsplit)."""
+    """x (M <= 8, K) bf16, packed as pairs (pack_pairs: rows of KP = K / 2 words), @ the int4 weight's rows
+    [pid0 * BLOCK_N, +BLOCK_N) over split pid1's groups -> y[pid1, :M, rows] (fp32 partials, or y's dtype
+    when unsplit)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1)
     rw = tl.arange(0, 16)
-    xr = tl.minimum(rn % 8, M - 1) * K  # the mma column (x row) this tile row's lane group feeds
+    xr = tl.minimum(rn % 8, M - 1) * KP  # the mma column (x row) this tile row's lane group feeds
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
     w_rows = w_ptr.to(tl.pointer_type(tl.int32)) + rows[:, None] * SWN + rw[None, :]
@@ -98,14 +100,14 @@ def _gemv_rows_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, KW, NG, SPLIT_GRO
             g = g_lo + i
             sg = sm_rows + g * SSG
             s, m = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)
-            xp0, xp1, xp2, xp3 = _load_x_rows(x_ptr, xr, rw, g)
-            acc = _group_rows(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s, m, acc, x_ptr, K, M, rw, g)
+            xp0, xp1, xp2, xp3 = _load_x_rows(xp_ptr, xr, rw, g)
+            acc = _group_rows(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s, m, acc, xp_ptr, KP, M, rw, g)
     else:
         for i in range(0, g_hi - g_lo):
             g = g_lo + i
             s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG)
-            xp0, xp1, xp2, xp3 = _load_x_rows(x_ptr, xr, rw, g)
-            acc = _group_rows(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s, m, acc, x_ptr, K, M, rw, g)
+            xp0, xp1, xp2, xp3 = _load_x_rows(xp_ptr, xr, rw, g)
+            acc = _group_rows(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s, m, acc, xp_ptr, KP, M, rw, g)
     col = 2 * (rw // 4) + rw % 4  # slot 4c + e holds column 2c + e for e < 2
     keep = (rw % 4 < 2) & (col < M)
     dst = y_ptr + tl.program_id(1) * M * N + col[None, :] * N + rn[:, None]
@@ -115,6 +117,14 @@ def _gemv_rows_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, K, KW, NG, SPLIT_GRO
 def supported(x: torch.Tensor, group: int) -> bool:
     """2..8 bf16 rows with group size 128."""
     return 1 < x.shape[0] <= MAX_ROWS and x.dtype == torch.bfloat16 and group == int4_mma.GROUP
+
+
+def pack_pairs(x: torch.Tensor) -> torch.Tensor:
+    """x (M, K) bf16 -> (M, K / 2) int32: per group of 128, word 16 j + w holds the bf16 pair (x[16 j + w],
+    x[16 j + 64 + w]) that the weights' nibble pair (j, j + 4) of word w multiplies (int4_mma's packing)."""
+    M, K = x.shape
+    pairs = x.view(M, K // 128, 2, 64).transpose(2, 3).contiguous()  # (M, NG, 64, 2): lo, hi
+    return pairs.view(torch.int32).view(M, K // 2)
 
 
 def int4_gemv_rows_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
@@ -128,7 +138,8 @@ def int4_gemv_rows_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     NG = K // int4_mma.GROUP
     use_pdl = pdl.enabled(x.device)
     grid = (triton.cdiv(N, int4_mma.BLOCK_N), S)
-    _gemv_rows_mma[grid](x, qweight, scales, mins, y, M, N, K, K // 8, NG, triton.cdiv(NG, S),
+    xp = pack_pairs(x)
+    _gemv_rows_mma[grid](xp, qweight, scales, mins, y, M, N, K // 2, K // 8, NG, triton.cdiv(NG, S),
                          *int4_strides(qweight, scales), BLOCK_N=int4_mma.BLOCK_N, USE_PDL=use_pdl,
                          **pdl.launch(use_pdl))  # fmt: skip
     return y
