@@ -18,7 +18,8 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
-             one_row_splits: dict | None = None, reduce_in_gemv: bool = True):  # fmt: skip
+             one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
+             gated_reduced: bool = False):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -43,6 +44,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         int4_mma.USE_PINNED = pinned
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
+        quant_ops.GATED_REDUCED = gated_reduced
         int4_triton.ONE_ROW_SPLITS.clear()
         int4_triton.ONE_ROW_SPLITS.update(one_row_splits or {})
         for kernel in (int4_mma._gemv1_mma, int4_fused._gated, int4_fused._qkv_rope, int4_fused._reduced):
@@ -75,6 +77,11 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "down7": _variant(one_row_splits={(5120, 14336): 7}),
     "wo16": _variant(one_row_splits={(5120, 4096): 16}),
     "wo4": _variant(one_row_splits={(5120, 4096): 4}),
+    "gu2": _variant(one_row_splits={(28672, 5120): 2}),  # gate|up (k_splits: 4)
+    "gu8": _variant(one_row_splits={(28672, 5120): 8}),
+    "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
+    "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
+    "gated_reduced": _variant(gated_reduced=True),  # gate|up's partials summed in-kernel, then silu_mul
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
