@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_tokenizer
+from bench.kernels import kernel_variant
 
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
@@ -19,7 +20,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             gated_reduced: bool = False):  # fmt: skip
+             gated_reduced: bool = False, attention: str = "kernel"):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -28,6 +29,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         import torch
         import torch._inductor.config as inductor
 
+        import pixdesk.engine.decode_attention as da
         import pixdesk.engine.static as static
         import pixdesk.model.dense_gemv as dense
         from pixdesk.model import int4_fused, int4_mma, int4_triton, quant_ops, quant_triton
@@ -45,6 +47,9 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         quant_ops.GATED_REDUCED = gated_reduced
+        _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
+        da.PARTIAL_LAUNCH.clear()
+        da.PARTIAL_LAUNCH.update(launch)
         int4_triton.ONE_ROW_SPLITS.clear()
         int4_triton.ONE_ROW_SPLITS.update(one_row_splits or {})
         for kernel in (int4_mma._gemv1_mma, int4_fused._gated, int4_fused._qkv_rope, int4_fused._reduced):
@@ -81,7 +86,8 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "gu8": _variant(one_row_splits={(28672, 5120): 8}),
     "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
     "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
-    "gated_reduced": _variant(gated_reduced=True),  # gate|up's partials summed in-kernel, then silu_mul
+    "gated_reduced": _variant(gated_reduced=True),
+    "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),  # bench/kernels.py's variant names  # gate|up's partials summed in-kernel, then silu_mul
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),

@@ -7,6 +7,8 @@
 
     PYTHONPATH=. python bench/kernels.py            # writes $OUT/kernels.json
     PARTS=attention ATTENTION=kernel,kernel64 ...  # forms: matmul, kernel (split_keys), kernelN (N keys a program)
+    ATTENTION=kernel64b32w2s3 ...                  # + keys a step, warps, stages of the split kernel
+    ATTN_SLOTS=1 ...                                # slot counts (default 1,8)
     PARTS=dense_chains ...                          # bf16 one row per shape: cuBLAS against dense_triton
     INT4_LAYOUT=row ...                             # int4 buffers row-major instead of Int4Linear's group-major
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -187,11 +190,23 @@ def attention_step(name, ks, vs):
     return torch.compile(step, fullgraph=True)
 
 
+def kernel_variant(name: str) -> tuple[str, int | None, dict]:
+    """"kernel128b32w8s2" -> ("kernel", 128 keys a program, {block_s: 32, num_warps: 8, num_stages: 2});
+    every part after the form is optional."""
+    m = re.fullmatch(r"([a-z]+?)(\d+)?(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?", name)
+    if m is None:
+        raise ValueError(f"attention variant {name!r}: form[split][bBLOCK][wWARPS][sSTAGES]")
+    form, split, block, warps, stages = m.groups()
+    keys = ("block_s", "num_warps", "num_stages")
+    launch = {k: int(v) for k, v in zip(keys, (block, warps, stages)) if v}
+    return form, int(split) if split else None, launch
+
+
 def attention(res: dict) -> None:
     import pixdesk.engine.decode_attention as da
 
     S, T, Hkv, D, H = 4352, 4353, 8, 128, 32
-    for slots in (1, 8):
+    for slots in [int(n) for n in os.environ.get("ATTN_SLOTS", "1,8").split(",")]:
         ks = [torch.randn(slots, T, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(40)]
         vs = [torch.randn(slots, T, Hkv, D, device="cuda", dtype=torch.bfloat16) for _ in range(40)]
         q = torch.randn(slots, 1, H, D, device="cuda", dtype=torch.bfloat16)
@@ -199,14 +214,17 @@ def attention(res: dict) -> None:
         key_pos = torch.arange(S, device="cuda")
         torch._dynamo.mark_dynamic(key_pos, 0)
         for name in ATTENTION:  # "kernel": split_keys' choice; "kernel64" etc.: that many keys per program
-            split = name.removeprefix("kernel")
-            da.FIXED_SPLIT = int(split) if split.isdigit() else None
-            step = attention_step(name.rstrip("0123456789"), ks, vs)
+            form, split, launch = kernel_variant(name)
+            da.FIXED_SPLIT = split
+            da.PARTIAL_LAUNCH.clear()
+            da.PARTIAL_LAUNCH.update(launch)
+            step = attention_step(form, ks, vs)
             t0 = time.perf_counter()
             step(q, key_pos, pos)
             res[f"attn_{name}_slots{slots}_compile_s"] = time.perf_counter() - t0
             t = graph_time(lambda step=step, q=q, key_pos=key_pos, pos=pos: step(q, key_pos, pos))
             da.FIXED_SPLIT = None
+            da.PARTIAL_LAUNCH.clear()
             res[f"attn_{name}_slots{slots}_ms"] = t * 1e3
             res[f"attn_{name}_slots{slots}_GBps"] = 2 * 40 * slots * S * Hkv * D * 2 / t / 1e9
             print(json.dumps(res), flush=True)

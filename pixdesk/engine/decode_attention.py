@@ -35,6 +35,7 @@ SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
 BLOCK_S = 64  # keys per inner step
 PROGRAMS_PER_SM = 4  # enough programs that every SM keeps several key slices in flight
 FIXED_SPLIT: int | None = None  # a fixed slice length (bench/kernels.py sweeps it); None: split_keys
+PARTIAL_LAUNCH: dict = {}  # num_warps / num_stages of the split kernel (bench/kernels.py sweeps them)
 
 
 def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
@@ -180,8 +181,8 @@ def decode_attention(
     _partial[(B * Hkv, n_splits)](
         q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
         D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
-        SPLIT=split, BLOCK_S=min(BLOCK_S, split), ROW_SLOTS=slots is not None, USE_PDL=use_pdl,
-        **pdl.launch(use_pdl),
+        SPLIT=split, BLOCK_S=min(PARTIAL_LAUNCH.get("block_s", BLOCK_S), split), ROW_SLOTS=slots is not None,
+        USE_PDL=use_pdl, **{k: v for k, v in PARTIAL_LAUNCH.items() if k != "block_s"}, **pdl.launch(use_pdl),
     )  # fmt: skip
     _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp, USE_PDL=use_pdl, **pdl.launch(use_pdl))
     return out
