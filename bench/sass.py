@@ -21,7 +21,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from pixdesk.model import int4_mma, int4_triton, quant_triton
+from pixdesk.model import int4_mma, int4_mma_rows, int4_triton, quant_triton
 
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 I4 = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "m_ptr": "*bf16", "y_ptr": "*fp32"}
@@ -56,6 +56,13 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
         {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": False, "STAGES": 3},
         ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
+    ),
+    "int4 mma 8 rows": (  # one mma column an x row (the inputs packed as int32 pairs), 4 warps
+        int4_mma_rows._gemv_rows_mma.fn,
+        {"xp_ptr": "*i32", **{k: t for k, t in I4.items() if k != "x_ptr"}, "M": "i32", "N": "i32", "KP": "i32",
+         "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, "BLOCK_N": "constexpr", "USE_PDL": "constexpr", "STAGES": "constexpr"},
+        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "STAGES": 1},
+        ("N", "KP", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int8 one row": (
         quant_triton._int8_gemv.fn,

@@ -56,3 +56,26 @@ def test_int4_mma_pipelined_loop_copies_words_inputs_and_scales_asynchronously(t
     ops = Counter(op for _, op in loop)
     assert ops["LDGSTS.E.BYPASS.128"] >= 1 and ops["LDGSTS.E"] >= 1  # words, and the scale words
     assert not [op for op in ops if op.startswith("LDG.")]  # nothing left synchronous
+
+
+def test_int4_mma_rows_keeps_the_weight_tile_in_the_a_fragment_layout(tmp_path):
+    """The rows kernel's words, input pairs and accumulators share one blocked layout, a lane 4 words of a
+    row in 8 x 4 lanes: the layout the inline mma reads as its A and B fragments. (Inputs loaded as bf16
+    once pulled every tile to [1, 8] x [16, 2]: wrong sums on the GPU, right ones in the interpreter.)"""
+    import re
+
+    from bench import sass
+
+    fn, sig, consts, hinted, weights, warps = sass.KERNELS["int4 mma 8 rows"]
+    for stages in (1, 3):
+        ttgir = sass.compile_kernel(fn, sig, {**consts, "STAGES": stages}, hinted, 90, warps).asm["ttgir"]
+        layouts = dict(re.findall(r"^(#\w+) = (#ttg\.blocked<\{.*\}>)", ttgir, re.M))
+        loads = r"(?:tt\.load|async_copy_global_to_local|local_load)[^\n]*tensor<128x16x(?:!tt\.ptr<)?i32>?, (#\w+)>"
+        tiles = set(re.findall(loads, ttgir))  # the words' and the input pairs' loads
+        fragment = "sizePerThread = [1, 4], threadsPerWarp = [8, 4]"
+        used = {layouts.get(t, t) for t in tiles if "blocked" in layouts.get(t, "")}
+        assert used and all(fragment in u for u in used), (stages, used)
+    loop = sass.main_loop(sass.sass_of(sass.compile_kernel(fn, sig, consts, hinted, 90, warps).asm["cubin"],
+                                       tmp_path / "k.cubin"))  # fmt: skip
+    ops = Counter(op.split(".")[0] for _, op in loop)
+    assert ops["HMMA"] >= 1 and "BAR" not in ops
