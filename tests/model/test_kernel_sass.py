@@ -70,7 +70,8 @@ def test_int4_mma_rows_keeps_the_weight_tile_in_the_a_fragment_layout(tmp_path):
     for stages in (1, 3):
         ttgir = sass.compile_kernel(fn, sig, {**consts, "STAGES": stages}, hinted, 90, warps).asm["ttgir"]
         layouts = dict(re.findall(r"^(#\w+) = (#ttg\.blocked<\{.*\}>)", ttgir, re.M))
-        loads = r"(?:tt\.load|async_copy_global_to_local|local_load)[^\n]*tensor<128x16x(?:!tt\.ptr<)?i32>?, (#\w+)>"
+        load = r"(?:tt\.load|async_copy_global_to_local|local_load)"
+        loads = load + r"[^\n]*tensor<128x16x(?:!tt\.ptr<)?i32>?, (#\w+)>"
         tiles = set(re.findall(loads, ttgir))  # the words' and the input pairs' loads
         fragment = "sizePerThread = [1, 4], threadsPerWarp = [8, 4]"
         used = {layouts.get(t, t) for t in tiles if "blocked" in layouts.get(t, "")}
