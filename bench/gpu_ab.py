@@ -14,13 +14,16 @@ import os
 from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_tokenizer
 from bench.kernels import kernel_variant
 
+_DEFAULT_PINNED: dict = {}  # int4_mma.PINNED as imported, restored by every variant
+
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             gated_reduced: bool = False, attention: str = "kernel", early_keys: bool = True):  # fmt: skip
+             gated_reduced: bool = False, attention: str = "kernel", early_keys: bool = True,
+             pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -44,6 +47,9 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         quant_triton.PROGRAMS_PER_SM = programs_per_sm  # the K splits of the quantized GEMVs
         quant_triton.MAX_SPLITS, quant_triton.MIN_BLOCKS_PER_SPLIT = max_splits, min_blocks
         int4_mma.USE_PINNED = pinned
+        _DEFAULT_PINNED.setdefault("configs", dict(int4_mma.PINNED))
+        int4_mma.PINNED.clear()
+        int4_mma.PINNED.update({**_DEFAULT_PINNED["configs"], **(pinned_configs or {})})
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         quant_ops.GATED_REDUCED = gated_reduced
@@ -88,7 +94,10 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
     "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
     "gated_reduced": _variant(gated_reduced=True),
-    "late_keys": _variant(early_keys=False),  # decode attention reads every key after the PDL wait
+    "late_keys": _variant(early_keys=False),
+    # gate|up, down and the LM head: their first group loaded before the PDL wait, the cp.async pipeline after
+    "pipe_prefetch": _variant(pinned_configs={(28672, 5120): (4, True, 3), (5120, 14336): (4, True, 3),
+                                              (131072, 5120): (4, True, 3)}),  # fmt: skip  # decode attention reads every key after the PDL wait
     "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),  # bench/kernels.py's variant names  # gate|up's partials summed in-kernel, then silu_mul
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),

@@ -208,6 +208,8 @@ def _word_sums(word, xp0, xp1, xp2, xp3, s, m):
 def _configs() -> list:
     pairs = [(w, p) for w in (4, 8) for p in (True, False)]
     staged = [triton.Config({"PREFETCH": False, "STAGES": s}, num_warps=w) for w in (4, 8) for s in (3, 4, 6)]
+    # and the pipeline with its first group loaded before the PDL wait
+    staged += [triton.Config({"PREFETCH": True, "STAGES": 3}, num_warps=w) for w in (4, 8)]
     return [triton.Config({"PREFETCH": p, "STAGES": 1}, num_warps=w) for w, p in pairs] + staged
 
 
@@ -230,7 +232,7 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
     # No masks in the loop: the caller's rows are all valid, and the loop runs over this split's groups only.
     w_rows = w32 + rows[:, None] * SWN + rw[None, :]
     sm_rows = rows * SSN
-    if PREFETCH and STAGES == 1:  # the first group's weights, scales and minimums: no kernel writes them
+    if PREFETCH:  # the first group's weights, scales and minimums: no kernel writes them
         g_first = tl.minimum(g_lo, NG - 1)  # an empty last split (NG < S * SPLIT_GROUPS) stays in bounds
         word = tl.load(w_rows + g_first * SWG)
         s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_first * SSG)
@@ -238,8 +240,13 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
     pdl.release(USE_PDL)
     if STAGES > 1:
         # Triton's pipeliner: STAGES - 1 groups in flight in shared memory (cp.async), the scales and
-        # minimums read as the 4-byte words that hold them (cp.async copies no less).
-        for i in tl.range(0, g_hi - g_lo, num_stages=STAGES):
+        # minimums read as the 4-byte words that hold them (cp.async copies no less). With PREFETCH the
+        # first group comes from the registers loaded before the wait, and the pipeline takes the rest.
+        first: tl.constexpr = 1 if PREFETCH else 0
+        if PREFETCH and g_lo < g_hi:
+            xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo)
+            acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
+        for i in tl.range(first, g_hi - g_lo, num_stages=STAGES):
             g = g_lo + i
             sg = sm_rows + g * SSG
             s0, m0 = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)
