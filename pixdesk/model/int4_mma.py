@@ -208,8 +208,6 @@ def _word_sums(word, xp0, xp1, xp2, xp3, s, m):
 def _configs() -> list:
     pairs = [(w, p) for w in (4, 8) for p in (True, False)]
     staged = [triton.Config({"PREFETCH": False, "STAGES": s}, num_warps=w) for w in (4, 8) for s in (3, 4, 6)]
-    # and the pipeline with its first group loaded before the PDL wait
-    staged += [triton.Config({"PREFETCH": True, "STAGES": 3}, num_warps=w) for w in (4, 8)]
     return [triton.Config({"PREFETCH": p, "STAGES": 1}, num_warps=w) for w, p in pairs] + staged
 
 
@@ -241,7 +239,8 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
     if STAGES > 1:
         # Triton's pipeliner: STAGES - 1 groups in flight in shared memory (cp.async), the scales and
         # minimums read as the 4-byte words that hold them (cp.async copies no less). With PREFETCH the
-        # first group comes from the registers loaded before the wait, and the pipeline takes the rest.
+        # first group comes from the registers loaded before the wait, and the pipeline takes the rest: not
+        # yet run on a GPU, so only a pinned config (the a/b stage's pipe_prefetch) reaches it.
         first: tl.constexpr = 1 if PREFETCH else 0
         if PREFETCH and g_lo < g_hi:
             xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.triton_interpreter import run_in_interpreter
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,3 +123,25 @@ def test_rope_and_cache_write_then_attention_in_the_interpreter():
     """The decode step's kernel between the q|k|v projection and attention: the partials' sum, RoPE and the
     cache write, then attention; an idle row (on the spare position) reads one key."""
     assert run_in_interpreter(ROPE_WRITE).strip().endswith("ok")
+
+
+def test_split_kernel_compiles_for_sm90_in_every_form():
+    """The split kernel compiled for an H100/H200 target on the CPU (Triton ships ptxas): the interpreter does
+    not check types, so a loop variable that changed from int32 to int64 passed there and failed to compile
+    on the GPU (the engine then fell back to the eager step: 9 tok/s, session 13)."""
+    pytest.importorskip("triton")
+    import itertools
+
+    from bench import sass
+    from pixdesk.engine import decode_attention as da
+
+    names = da._partial.arg_names
+    ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "len_ptr": "*i64", "slot_ptr": "*i64",
+            "o_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32"}  # fmt: skip
+    scalars = {"n_keys": "i32", "n_splits": "i32", "sm_scale": "fp32", "stride_kb": "i32", "stride_kt": "i32"}
+    sig = {n: {**ptrs, **scalars}.get(n, "constexpr") for n in names}
+    for split, row_slots, early in itertools.product((64, 256), (False, True), (False, True)):
+        consts = dict(HKV=8, G=4, GP=16, D=128, SPLIT=split, BLOCK_S=64, ROW_SLOTS=row_slots, USE_PDL=True)
+        if "EARLY_KEYS" in names:
+            consts["EARLY_KEYS"] = early and not row_slots
+        sass.compile_kernel(da._partial, sig, consts, ("stride_kb", "stride_kt"), 90, 4)
