@@ -40,11 +40,12 @@ FUSED_GATED = False
 # reading 8 fp32 rows was most of its time) instead of S fp32 rows. H200, session 12 (`--stage ab`): engine
 # b1 316.8 -> 324.3 tok/s, step replay 3.074 -> 3.004 ms, same greedy ids; 334.1 with down at 16 splits.
 REDUCE_IN_GEMV = True
-# The same for gate|up ahead of silu_mul.py (one bf16 row of 2H instead of S fp32 ones). Off until measured.
+# The same for gate|up ahead of silu_mul.py (one bf16 row of 2H instead of S fp32 ones). Measured slower
+# (H200, session 13, `--stage ab`: 333.7 -> 327.9 tok/s): off.
 GATED_REDUCED = False
 # 2..8 bf16 rows with groups of 128 through the tensor-core GEMV with one mma column a row
 # (int4_mma_rows.py) instead of int4_triton's 2..16-row kernel. H200, session 13 (`--stage int4`): b8
-# 1151 -> 1335 tok/s (b8/b1 against the bytes model's ideal 0.746 -> 0.875), b1 unchanged.
+# 1151 -> 1335 tok/s (b8/b1 against the bytes model's ideal 0.746 -> 0.87), b1 unchanged.
 INT4_MMA_ROWS = True
 CPU_INT4_GROUPS = (32, 64, 128, 256)  # what torch's CPU int4 kernel accepts
 TINYGEMM_GROUPS = (32, 64, 128, 256)  # and its CUDA kernel
