@@ -40,9 +40,8 @@ FUSED_GATED = False
 # reading 8 fp32 rows was most of its time) instead of S fp32 rows. H200, session 12 (`--stage ab`): engine
 # b1 316.8 -> 324.3 tok/s, step replay 3.074 -> 3.004 ms, same greedy ids; 334.1 with down at 16 splits.
 REDUCE_IN_GEMV = True
-# The same for gate|up ahead of silu_mul.py (one bf16 row of 2H instead of S fp32 ones). Measured slower
-# (H200, session 13, `--stage ab`: 333.7 -> 327.9 tok/s): off.
-GATED_REDUCED = False
+# (Not for gate|up: its partials summed in-kernel ahead of silu_mul.py measured slower, H200 session 13:
+# 333.7 -> 327.9 tok/s; bench/NOTES.md.)
 # 2..8 bf16 rows with groups of 128 through the tensor-core GEMV with one mma column a row
 # (int4_mma_rows.py) instead of int4_triton's 2..16-row kernel. H200, session 13 (`--stage int4`): b8
 # 1151 -> 1335 tok/s (b8/b1 against the bytes model's ideal 0.746 -> 0.87), b1 unchanged.
@@ -268,10 +267,6 @@ def int4_gated_op(
             return int4_fused.gated(x, qweight, scales, mins)
         from pixdesk.model.silu_mul import silu_mul_partials
 
-        if GATED_REDUCED:
-            from pixdesk.model import int4_fused
-
-            return silu_mul_partials(int4_fused.reduced(x, qweight, scales, mins), x.dtype)
         return silu_mul_partials(mma.int4_gemv_mma(x, qweight, scales, mins), x.dtype)
     if x.is_cuda:
         gate, up = sum_partials(_int4_linear_op(x, qweight, scales, mins, group), x.dtype).chunk(2, dim=-1)

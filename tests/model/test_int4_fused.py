@@ -128,7 +128,7 @@ def test_fused_epilogues_on_cuda_equal_the_unfused_kernels():
         if split is None:  # same splits, same order of sums: the same bits
             parts = int4_mma.int4_gemv_mma(x, gate_up.qweight, gate_up.scales, gate_up.mins)
             assert torch.equal(got, silu_mul_partials(parts, x.dtype))
-            summed = int4_fused.reduced(x, gate_up.qweight, gate_up.scales, gate_up.mins)  # GATED_REDUCED
+            summed = int4_fused.reduced(x, gate_up.qweight, gate_up.scales, gate_up.mins)  # summed in-kernel
             assert torch.equal(silu_mul_partials(summed, x.dtype), got)
     cos, sin = torch.rand(2, 1, 64, device="cuda").unbind(0)
     keys, values = torch.zeros(2, 1, 64, 8, 128, dtype=torch.bfloat16, device="cuda").unbind(0)
