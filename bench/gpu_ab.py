@@ -22,7 +22,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             attention: str = "kernel", early_keys: bool = True,
+             attention: str = "kernel",
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
@@ -55,7 +55,6 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
         da.PARTIAL_LAUNCH.clear()
         da.PARTIAL_LAUNCH.update(launch)
-        da.EARLY_KEYS = early_keys
         int4_triton.ONE_ROW_SPLITS.clear()
         int4_triton.ONE_ROW_SPLITS.update(one_row_splits or {})
         for kernel in (int4_mma._gemv1_mma, int4_fused._gated, int4_fused._qkv_rope, int4_fused._reduced):
@@ -92,7 +91,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "gu8": _variant(one_row_splits={(28672, 5120): 8}),
     "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
     "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
-    "late_keys": _variant(early_keys=False),  # decode attention reads every key after the PDL wait
     # gate|up, down and the LM head: their first group loaded before the PDL wait, the cp.async pipeline after
     "pipe_prefetch": _variant(pinned_configs={(28672, 5120): (4, True, 3), (5120, 14336): (4, True, 3),
                                               (131072, 5120): (4, True, 3)}),  # fmt: skip

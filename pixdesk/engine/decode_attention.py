@@ -35,7 +35,6 @@ SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
 BLOCK_S = 64  # keys per inner step
 PROGRAMS_PER_SM = 4  # enough programs that every SM keeps several key slices in flight
 FIXED_SPLIT: int | None = None  # a fixed slice length (bench/kernels.py sweeps it); None: split_keys
-EARLY_KEYS = True  # one row a slot: read the older keys of the first block before the PDL wait (_partial)
 PARTIAL_LAUNCH: dict = {}  # num_warps / num_stages of the split kernel (bench/kernels.py sweeps them)
 
 
@@ -56,73 +55,48 @@ def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
 MIN_MERGE = 64
 
 
-@triton.jit
-def _attend_block(q, k, v, s_ok, sm_scale, m_i, l_i, acc):
-    """One block of keys into the running softmax (m_i, l_i) and its weighted sum acc."""
-    if _DOT_F32:
-        scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
-    else:
-        scores = tl.dot(q, tl.trans(k))  # (GP, BLOCK_S) fp32
-    scores = tl.where(s_ok[None, :], scores * sm_scale, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
-    alpha = tl.exp(m_i - m_new)
-    p = tl.exp(scores - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if _DOT_F32:
-        pv = tl.dot(p, v.to(tl.float32))
-    else:
-        pv = tl.dot(p.to(v.dtype), v)
-    return m_new, l_i, acc * alpha[:, None] + pv
-
-
 @triton.jit(do_not_specialize=["n_keys", "n_splits"])
 def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
              stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
-             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr, EARLY_KEYS: tl.constexpr,
+             SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr,
              USE_PDL: tl.constexpr):  # fmt: skip
-    """EARLY_KEYS (one row a slot): the first block's keys before the row's newest are read before the PDL
-    wait, while the q|k|v kernel before this one still runs; earlier steps wrote them, and the lengths come
-    from the step's prologue, complete by pdl.py's transitivity. The newest key (this step's) after it."""
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
-    if not EARLY_KEYS:
-        pdl.wait(USE_PDL)
-        pdl.release(USE_PDL)
+    pdl.wait(USE_PDL)
+    pdl.release(USE_PDL)
     length = tl.minimum(tl.load(len_ptr + b), n_keys)
     slot = tl.load(slot_ptr + b) if ROW_SLOTS else b
     rg, rd = tl.arange(0, GP), tl.arange(0, D)
     g_ok = rg < G
-    kv_base = slot.to(tl.int64) * stride_kb + h * D
-    start = sp * SPLIT
-    stop = tl.minimum(start + SPLIT, length)
-    rs = start + tl.arange(0, BLOCK_S)
-    off = kv_base + rs[:, None] * stride_kt + rd[None, :]
-    if EARLY_KEYS:
-        old = (rs < stop) & (rs < length - 1)
-        k = tl.load(k_ptr + off, mask=old[:, None], other=0.0)  # (BLOCK_S, D)
-        v = tl.load(v_ptr + off, mask=old[:, None], other=0.0)
-        pdl.wait(USE_PDL)
-        pdl.release(USE_PDL)
-        new = ((rs == length - 1) & (rs < stop))[:, None]
-        k = tl.where(new, tl.load(k_ptr + off, mask=new, other=0.0), k)
-        v = tl.where(new, tl.load(v_ptr + off, mask=new, other=0.0), v)
-    else:
-        k = tl.load(k_ptr + off, mask=(rs < stop)[:, None], other=0.0)
-        v = tl.load(v_ptr + off, mask=(rs < stop)[:, None], other=0.0)
     q = tl.load(q_ptr + (bh * G + rg[:, None]) * D + rd[None, :], mask=g_ok[:, None], other=0.0)  # (GP, D)
     m_i = tl.full((GP,), float("-inf"), tl.float32)
     l_i = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, D), tl.float32)
-    if start < stop:  # an empty split (past the row's length) keeps m = -inf, l = 0: the merge skips it
-        m_i, l_i, acc = _attend_block(q, k, v, rs < stop, sm_scale, m_i, l_i, acc)
-    for s0 in range(start + BLOCK_S, stop, BLOCK_S):  # new names: s0 is int64 here (stop holds a length)
-        rk = s0 + tl.arange(0, BLOCK_S)
-        k_ok = rk < stop
-        offk = kv_base + rk[:, None] * stride_kt + rd[None, :]
-        kb = tl.load(k_ptr + offk, mask=k_ok[:, None], other=0.0)
-        vb = tl.load(v_ptr + offk, mask=k_ok[:, None], other=0.0)
-        m_i, l_i, acc = _attend_block(q, kb, vb, k_ok, sm_scale, m_i, l_i, acc)
+    kv_base = slot.to(tl.int64) * stride_kb + h * D
+    start = sp * SPLIT
+    stop = tl.minimum(start + SPLIT, length)
+    for s0 in range(start, stop, BLOCK_S):
+        rs = s0 + tl.arange(0, BLOCK_S)
+        s_ok = rs < stop
+        off = kv_base + rs[:, None] * stride_kt + rd[None, :]
+        k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0)  # (BLOCK_S, D)
+        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0)  # with k (no change on an H200, session 8)
+        if _DOT_F32:
+            scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
+        else:
+            scores = tl.dot(q, tl.trans(k))  # (GP, BLOCK_S) fp32
+        scores = tl.where(s_ok[None, :], scores * sm_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(scores - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if _DOT_F32:
+            pv = tl.dot(p, v.to(tl.float32))
+        else:
+            pv = tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
     row = (bh * G + rg) * n_splits + sp  # partials laid out (B, H, splits[, D])
     tl.store(o_ptr + row[:, None] * D + rd[None, :], acc, mask=g_ok[:, None])
     tl.store(m_ptr + row, m_i, mask=g_ok)
@@ -204,12 +178,11 @@ def decode_attention(
     out = torch.empty_like(q)
     nsp = max(MIN_MERGE, triton.next_power_of_2(n_splits))
     use_pdl = pdl.enabled(q.device)
-    launch = {k: v for k, v in PARTIAL_LAUNCH.items() if k != "block_s"}  # warps / stages, bench sweeps only
     _partial[(B * Hkv, n_splits)](
         q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
         D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
         SPLIT=split, BLOCK_S=min(PARTIAL_LAUNCH.get("block_s", BLOCK_S), split), ROW_SLOTS=slots is not None,
-        EARLY_KEYS=EARLY_KEYS and slots is None, USE_PDL=use_pdl, **launch, **pdl.launch(use_pdl),
+        USE_PDL=use_pdl, **{k: v for k, v in PARTIAL_LAUNCH.items() if k != "block_s"}, **pdl.launch(use_pdl),
     )  # fmt: skip
     _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp, USE_PDL=use_pdl, **pdl.launch(use_pdl))
     return out
