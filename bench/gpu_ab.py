@@ -91,9 +91,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "gu8": _variant(one_row_splits={(28672, 5120): 8}),
     "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
     "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
-    # gate|up, down and the LM head: their first group loaded before the PDL wait, the cp.async pipeline after
-    "pipe_prefetch": _variant(pinned_configs={(28672, 5120): (4, True, 3), (5120, 14336): (4, True, 3),
-                                              (131072, 5120): (4, True, 3)}),  # fmt: skip
     "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),  # bench/kernels.py's variant names
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),

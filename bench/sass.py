@@ -57,12 +57,6 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
         {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": False, "STAGES": 3},
         ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
-    "int4 mma one row, pipelined + prefetch": (  # the first group loaded before the PDL wait, 4 warps
-        int4_mma._gemv1_mma.fn,
-        {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
-        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": True, "STAGES": 3},
-        ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
-    ),
     "int4 mma 8 rows": (  # one mma column an x row (the inputs packed as int32 pairs), 4 warps
         int4_mma_rows._gemv_rows_mma.fn,
         {"xp_ptr": "*i32", **{k: t for k, t in I4.items() if k != "x_ptr"}, "M": "i32", "N": "i32", "KP": "i32",

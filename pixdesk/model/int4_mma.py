@@ -230,7 +230,7 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
     # No masks in the loop: the caller's rows are all valid, and the loop runs over this split's groups only.
     w_rows = w32 + rows[:, None] * SWN + rw[None, :]
     sm_rows = rows * SSN
-    if PREFETCH:  # the first group's weights, scales and minimums: no kernel writes them
+    if PREFETCH and STAGES == 1:  # the first group's weights, scales and minimums: no kernel writes them
         g_first = tl.minimum(g_lo, NG - 1)  # an empty last split (NG < S * SPLIT_GROUPS) stays in bounds
         word = tl.load(w_rows + g_first * SWG)
         s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_first * SSG)
@@ -238,14 +238,10 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
     pdl.release(USE_PDL)
     if STAGES > 1:
         # Triton's pipeliner: STAGES - 1 groups in flight in shared memory (cp.async), the scales and
-        # minimums read as the 4-byte words that hold them (cp.async copies no less). With PREFETCH the
-        # first group comes from the registers loaded before the wait, and the pipeline takes the rest: not
-        # yet run on a GPU, so only a pinned config (the a/b stage's pipe_prefetch) reaches it.
-        first: tl.constexpr = 1 if PREFETCH else 0
-        if PREFETCH and g_lo < g_hi:
-            xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo)
-            acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
-        for i in tl.range(first, g_hi - g_lo, num_stages=STAGES):
+        # minimums read as the 4-byte words that hold them (cp.async copies no less). (A form that took its
+        # first group from registers loaded before the PDL wait measured slower in the engine: 315.1 vs 323.4
+        # tok/s, bench/NOTES.md session 14.)
+        for i in tl.range(0, g_hi - g_lo, num_stages=STAGES):
             g = g_lo + i
             sg = sm_rows + g * SSG
             s0, m0 = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)

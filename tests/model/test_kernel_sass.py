@@ -80,13 +80,3 @@ def test_int4_mma_rows_keeps_the_weight_tile_in_the_a_fragment_layout(tmp_path):
                                        tmp_path / "k.cubin"))  # fmt: skip
     ops = Counter(op.split(".")[0] for _, op in loop)
     assert ops["HMMA"] >= 1 and "BAR" not in ops
-
-
-def test_int4_mma_pipelined_loop_with_prefetch_loads_its_first_group_before_the_pdl_wait():
-    from bench import sass
-
-    fn, sig, consts, hinted, _, warps = sass.KERNELS["int4 mma one row, pipelined + prefetch"]
-    ptx = sass.compile_kernel(fn, sig, consts, hinted, 90, warps).asm["ptx"].splitlines()
-    wait = next(i for i, line in enumerate(ptx) if "griddepcontrol.wait" in line)
-    assert any("ld.global" in line for line in ptx[:wait])  # the words, scales and minimums
-    assert any("cp.async" in line for line in ptx[wait:])  # the pipeline for the rest
