@@ -11,6 +11,8 @@ from pixdesk.model.layers import RMSNorm, TransformerBlock, sdpa
 from pixdesk.model.regions import CompiledBlocks
 from pixdesk.model.rope import rope_tables, vision_angles
 
+ROPE_TABLES_KEPT = 8  # a 1024x1024 image's tables: 2 x 4,096 x 32 fp32 = 1 MiB
+
 
 class VisionTransformer(nn.Module):
     def __init__(self, args: VisionArgs):
@@ -37,6 +39,7 @@ class VisionEncoder(nn.Module):
         )
         self.ln_pre = RMSNorm(args.hidden_size, args.norm_eps)
         self.transformer = VisionTransformer(args)
+        self._rope_tables: dict = {}  # (grids, device) -> (cos, sin): ~20 small kernels a request otherwise
 
     def forward(self, images: list[torch.Tensor], blocks: CompiledBlocks | None = None) -> torch.Tensor:
         """Images (3, H_i, W_i), multiples of patch_size -> features (sum_i h_i*w_i, hidden).
@@ -56,10 +59,16 @@ class VisionEncoder(nn.Module):
         return x[0]
 
     def _rope(self, grids, device) -> tuple[torch.Tensor, torch.Tensor]:
-        # Positions restart at (0, 0) for every image.
-        a = self.args
-        angles = torch.cat([vision_angles(h, w, a.head_dim, a.rope_theta, device) for h, w in grids])
-        return rope_tables(angles[None])  # (1, L, 1, hd/2) each
+        """(cos, sin) (1, L, 1, hd/2) each, for the last few image layouts. Positions restart at (0, 0) for
+        every image."""
+        key = (tuple(grids), str(device))
+        if key not in self._rope_tables:
+            a = self.args
+            angles = torch.cat([vision_angles(h, w, a.head_dim, a.rope_theta, device) for h, w in grids])
+            while len(self._rope_tables) >= ROPE_TABLES_KEPT:
+                self._rope_tables.pop(next(iter(self._rope_tables)))
+            self._rope_tables[key] = rope_tables(angles[None])
+        return self._rope_tables[key]
 
 
 def _spans(grids: list[tuple[int, int]]) -> list[tuple[int, int]]:
