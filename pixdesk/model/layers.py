@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixdesk.model.dense_gemv import DecodeLinear
 from pixdesk.model.quant import concat_linears
 from pixdesk.model.quant_ops import silu_gate_up
 from pixdesk.model.rope import apply_rope
@@ -122,21 +121,7 @@ class TransformerBlock(nn.Module):
     def finish(self, x: torch.Tensor, attended: torch.Tensor) -> torch.Tensor:
         """Block input and attention output (B, T, H, D) -> block output (two residual branches)."""
         h = x + self.attention.output(attended)
-        ff = self.feed_forward
-        return linear_plus(ff.w2, ff.hidden(self.ffn_norm(h)), h)
-
-
-def linear_plus(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + linear(x). For a bias-free dense layer over several rows, one cuBLAS call adds the residual
-    in its epilogue (addmm with beta 1) instead of a pass of its own over (T, dim) activations (a 4k-token
-    prefill: ~38 us a layer on an H200). Inductor keeps the addmm whole here: its output feeds no pointwise
-    op inside the compiled region. One row (decode) and quantized layers take their own path."""
-    rows = x.numel() // x.shape[-1]
-    if (type(linear) in (nn.Linear, DecodeLinear) and linear.bias is None and rows > 1
-            and x.dtype == linear.weight.dtype == residual.dtype):  # fmt: skip
-        out = torch.addmm(residual.reshape(rows, -1), x.reshape(rows, -1), linear.weight.t())
-        return out.view(residual.shape)
-    return residual + linear(x)
+        return h + self.feed_forward(self.ffn_norm(h))
 
 
 def sdpa(

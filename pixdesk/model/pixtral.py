@@ -43,10 +43,10 @@ class Pixtral(nn.Module):
             self.vision_language_adapter = VisionLanguageAdapter(v.hidden_size, t.dim, v.adapter_bias)
 
     def fuse_projections(self) -> Pixtral:
-        """Fuse q|k|v and gate|up in every decoder and vision layer (after loading; names then differ from the
-        file)."""
-        vision = self.vision_encoder.transformer.layers if self.args.vision is not None else []
-        for layer in [*self.layers, *vision]:
+        """Fuse q|k|v and gate|up in every decoder layer (after loading; names then differ from the file).
+        Not the vision layers: fused there, their SiLU x up kernel took 162 us a layer against 81 unfused on
+        an H200, more than the fused matmuls saved (bench/NOTES.md, session 14)."""
+        for layer in self.layers:
             layer.attention.fuse()
             layer.feed_forward.fuse()
         use_decode_gemv(self, decoder_linear_names(self))
@@ -64,7 +64,7 @@ class Pixtral(nn.Module):
         """Pixel tensors -> adapter outputs (sum of patches, dim), one row per [IMG] token."""
         if self.args.vision is None:
             raise ImageTokenMismatch("this checkpoint has no vision encoder; send text only")
-        feats = self.vision_encoder([_upload(img, self.device) for img in images], blocks)
+        feats = self.vision_encoder([img.to(self.device) for img in images], blocks)
         return self.vision_language_adapter(feats)
 
     def embed(self, ids: torch.Tensor, image_features: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,11 +96,3 @@ class Pixtral(nn.Module):
         """Hidden states -> fp32 logits (compute only the positions you need)."""
         return self.output(h).float()
 
-
-def _upload(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Host pixels -> device without blocking the host: staged through page-locked memory (torch's pinned
-    allocator keeps the staging block until the copy is done). A pageable copy of a 1024x1024 image held
-    the engine thread ~1.8 ms with the device idle (bench/ttft_trace.py)."""
-    if device.type != "cuda" or pixels.device.type != "cpu":
-        return pixels.to(device)
-    return pixels.pin_memory().to(device, non_blocking=True)
