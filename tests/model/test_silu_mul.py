@@ -114,6 +114,6 @@ def test_rows_kernel_compiles_for_sm90_with_16_byte_loads():
     from pixdesk.model import silu_mul
 
     sig = {"gu_ptr": "*bf16", "out_ptr": "*bf16", "H": "i32", "row_stride": "i32", "BLOCK": "constexpr"}
-    ptx = sass.compile_kernel(silu_mul._silu_mul_rows, sig, {"BLOCK": silu_mul.ROWS_BLOCK}, ("H", "row_stride"),
-                              90, 4).asm["ptx"]  # fmt: skip
+    consts, hinted = {"BLOCK": silu_mul.ROWS_BLOCK}, ("H", "row_stride")
+    ptx = sass.compile_kernel(silu_mul._silu_mul_rows, sig, consts, hinted, 90, 4).asm["ptx"]
     assert "ld.global.v4.b32" in ptx and "st.global.v4.b32" in ptx
