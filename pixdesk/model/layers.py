@@ -88,16 +88,10 @@ class FeedForward(nn.Module):
         self.w13 = concat_linears([self.w1, self.w3])
         del self.w1, self.w3
 
-    rows_kernel = False  # set on a GPU for the vision encoder's layers (Pixtral.fuse_projections)
-
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., dim) -> silu(gate) * up (..., hidden_dim); one kernel for one row of int8 on CUDA, and
-        for many rows where `rows_kernel` is set."""
+        """x (..., dim) -> silu(gate) * up (..., hidden_dim); one kernel for one row of int8 on CUDA."""
         if hasattr(self, "w13"):
-            rows = x.reshape(-1, x.shape[-1])
-            if self.rows_kernel and rows.is_cuda and rows.shape[0] > 1:
-                return torch.ops.pixdesk.silu_mul_rows(self.w13(rows)).reshape(*x.shape[:-1], -1)
-            return silu_gate_up(self.w13, rows).reshape(*x.shape[:-1], -1)
+            return silu_gate_up(self.w13, x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
         return F.silu(self.w1(x)) * self.w3(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,18 +43,12 @@ class Pixtral(nn.Module):
             self.vision_language_adapter = VisionLanguageAdapter(v.hidden_size, t.dim, v.adapter_bias)
 
     def fuse_projections(self) -> Pixtral:
-        """Fuse q|k|v and gate|up in every decoder and vision layer (after loading; names then differ from the
-        file). The vision layers' SiLU x up then takes model/silu_mul.py's rows kernel on a GPU: Inductor's
-        took 162 us a layer there (bench/NOTES.md, session 14)."""
-        vision = self.vision_encoder.transformer.layers if self.args.vision is not None else []
-        for layer in [*self.layers, *vision]:
+        """Fuse q|k|v and gate|up in every decoder layer (after loading; names then differ from the file).
+        Not the vision layers: fused there, their SiLU x up kernel took 162 us a layer against 81 unfused on
+        an H200, more than the fused matmuls saved (bench/NOTES.md, session 14)."""
+        for layer in self.layers:
             layer.attention.fuse()
             layer.feed_forward.fuse()
-        if vision and self.device.type == "cuda":
-            import pixdesk.model.silu_mul  # noqa: F401  registers torch.ops.pixdesk.silu_mul_rows (Triton)
-
-            for layer in vision:
-                layer.feed_forward.rows_kernel = True
         use_decode_gemv(self, decoder_linear_names(self))
         return prepare_for_device(self)
 

@@ -1,5 +1,4 @@
-"""silu(gate) * up as Triton kernels (CUDA): from a fused gate|up projection's K-split partials (one decode
-row), and over many rows of a gate|up product (the vision encoder's prefill).
+"""silu(gate) * up from a fused gate|up projection's K-split partials, as one Triton kernel (CUDA).
 
 The int4 decode step's gate|up GEMV writes S fp32 partials (S, 1, 2H); summing them, the SiLU and the
 product were one Inductor kernel, launched plainly between two of our PDL kernels (model/pdl.py), so the
@@ -7,10 +6,6 @@ down projection could not start under it. This kernel is launched with PDL like 
 
 Rounding follows the unfused form (sum_partials, then F.silu and the product in the model's dtype): the
 sums are rounded to the dtype, SiLU is computed in fp32 and rounded, the product is rounded.
-
-The rows form exists because Inductor's kernel for the same two lines, in the vision encoder's compiled
-region, ran at 0.6-1.2 TB/s on an H200 (81 us a layer unfused, 162 fused; bench/NOTES.md session 14), while
-a plain streaming kernel reads and writes at memory speed. The decoder's region keeps Inductor's (4.3 TB/s).
 """
 
 from __future__ import annotations
@@ -50,38 +45,3 @@ def silu_mul_partials(parts: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     _silu_mul[(triton.cdiv(N // 2, BLOCK),)](parts, parts.stride(0), out, N // 2, NP=S, BLOCK=BLOCK,
                                              USE_PDL=use_pdl, num_warps=4, **pdl.launch(use_pdl))  # fmt: skip
     return out
-
-
-ROWS_BLOCK = 1024  # columns a program of the rows kernel: 8 bf16 (16 bytes) a thread at 4 warps
-
-
-@triton.jit
-def _silu_mul_rows(gu_ptr, out_ptr, H, row_stride, BLOCK: tl.constexpr):
-    DT: tl.constexpr = out_ptr.dtype.element_ty
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    ok = cols < H
-    src = gu_ptr + row * row_stride + cols
-    gate = tl.load(src, mask=ok).to(tl.float32)
-    up = tl.load(src + H, mask=ok).to(tl.float32)
-    silu = (gate / (1.0 + tl.exp(-gate))).to(DT).to(tl.float32)
-    tl.store(out_ptr + row * H + cols, (silu * up).to(DT), mask=ok)
-
-
-@torch.library.custom_op("pixdesk::silu_mul_rows", mutates_args=())
-def silu_mul_rows(gate_up: torch.Tensor) -> torch.Tensor:
-    """gate_up (M, 2H), rows contiguous -> silu(gate) * up (M, H) in its dtype; an opaque op, so it can sit
-    inside a compiled region."""
-    M, N = gate_up.shape
-    if N % 2 or gate_up.stride(1) != 1:
-        raise ValueError(f"silu_mul_rows takes (M, 2H) with contiguous rows, got {tuple(gate_up.shape)}")
-    out = gate_up.new_empty(M, N // 2)
-    if M:
-        grid = (M, triton.cdiv(N // 2, ROWS_BLOCK))
-        _silu_mul_rows[grid](gate_up, out, N // 2, gate_up.stride(0), BLOCK=ROWS_BLOCK, num_warps=4)
-    return out
-
-
-@silu_mul_rows.register_fake
-def _(gate_up):
-    return gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
