@@ -95,4 +95,3 @@ class Pixtral(nn.Module):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states -> fp32 logits (compute only the positions you need)."""
         return self.output(h).float()
-

@@ -1,4 +1,4 @@
-"""Small pieces of the model that the larger parity tests only cover as a whole."""
+"""The vision encoder keeps its RoPE tables per image layout (model/vision.py); parity covers their values."""
 
 from __future__ import annotations
 
