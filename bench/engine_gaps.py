@@ -14,7 +14,7 @@ import torch
 
 from bench.gpu import QUESTION, engine_for, timed_run
 from bench.gpu_busy import idle_gaps
-from bench.gpu_model import DEVICE, PIXTRAL_12B, image_prompt, random_checkpoint, synthetic_tokenizer
+from bench.gpu_model import DEVICE, image_prompt, served_checkpoint
 
 GAP_US = 20.0
 
@@ -40,16 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     from pathlib import Path
 
-    from pixdesk.model.quant import QuantSpec, quantize_model
-
-    Path(args.scratch).mkdir(parents=True, exist_ok=True)
-    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(Path(args.scratch)))
-    if args.quant != "none":
-        quantize_model(ckpt.model, QuantSpec(args.quant))
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
-    ckpt.model.fuse_projections()
-    eng = engine_for(ckpt, 1)
+    eng = engine_for(served_checkpoint(args.quant, Path(args.scratch)), 1)
     prompt = image_prompt(21, QUESTION)
     for _ in range(2):
         run = timed_run(eng, prompt, 129)

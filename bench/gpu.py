@@ -38,6 +38,7 @@ from bench.gpu_model import (  # noqa: E402
     PIXTRAL_12B,
     image_prompt,
     random_checkpoint,
+    served_checkpoint,
     synthetic_tokenizer,
 )
 from bench.gpu_quant import stage_int4_12g, stage_quant  # noqa: E402
@@ -170,8 +171,7 @@ def stage_bf16(args) -> None:
 
     res: dict = {"device": device_name(), "torch": torch.__version__}
     t0 = time.perf_counter()
-    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out_dir(args)))
-    ckpt.model.fuse_projections()
+    ckpt = served_checkpoint("none", out_dir(args))
     sync()
     res["init_s"] = time.perf_counter() - t0
     engine_measurements(ckpt, res, lambda: save(args, "bf16", res))

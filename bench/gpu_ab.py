@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from bench.gpu_model import DEVICE, PIXTRAL_12B, random_checkpoint, synthetic_tokenizer
+from bench.gpu_model import DEVICE, served_checkpoint
 from bench.kernels import kernel_variant
 
 _DEFAULT_PINNED: dict = {}  # int4_mma.PINNED as imported, restored by every variant
@@ -128,16 +128,10 @@ def stage_ab(args, save, engine_for, timed_run, prompt, out) -> None:
     int8/int4 ones quantized in place; `prompt(seed)` is the bench's image prompt, `out` a scratch folder."""
     import torch
 
-    from pixdesk.model.quant import QuantSpec, quantize_model
-
     quant = os.environ.get("AB_QUANT", "none")
     res: dict = {"device": torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu-smoke", "quant": quant,
                  "torch": torch.__version__, "variants": {}}  # fmt: skip
-    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(out))
-    if quant != "none":
-        quantize_model(ckpt.model, QuantSpec(quant))
-        torch.cuda.empty_cache()
-    ckpt.model.fuse_projections()
+    ckpt = served_checkpoint(quant, out)
     baseline = None
     first = next(iter(AB_VARIANTS))
     chosen = [first, *[n for n in os.environ.get("AB", ",".join(AB_VARIANTS)).split(",") if n and n != first]]

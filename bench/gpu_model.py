@@ -65,6 +65,21 @@ def random_checkpoint(args, dtype, device, tokenizer, seed: int = 0) -> Checkpoi
     return Checkpoint(random_model(args, dtype, device, seed), tokenizer, files, {"random_seed": seed})
 
 
+def served_checkpoint(quant: str, scratch: Path) -> Checkpoint:
+    """The random full-size checkpoint as the engine serves it: bf16, quantized in place unless `quant` is
+    "none", projections fused. `scratch`: a folder for the synthetic tokenizer file."""
+    from pixdesk.model.quant import QuantSpec, quantize_model
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(scratch))
+    if quant != "none":
+        quantize_model(ckpt.model, QuantSpec(quant))
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    ckpt.model.fuse_projections()
+    return ckpt
+
+
 def image_prompt(seed: int, question: list[int]) -> EncodedPrompt:
     """`<s>[INST]` + a 64x64-patch image grid + question ids + `[/INST]` (4,183 tokens with 20 question ids)."""
     rows, cols = IMAGE_GRID

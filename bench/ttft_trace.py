@@ -22,7 +22,7 @@ import torch
 from bench.engine_gaps import host_calls_at
 from bench.gpu import QUESTION, engine_for, timed_run
 from bench.gpu_busy import idle_gaps, interval_union
-from bench.gpu_model import DEVICE, PIXTRAL_12B, image_prompt, random_checkpoint, synthetic_tokenizer
+from bench.gpu_model import DEVICE, image_prompt, served_checkpoint
 
 GAP_US = 50.0
 
@@ -150,16 +150,7 @@ def main() -> None:
     ap.add_argument("--scratch", default="/tmp/pixdesk-ttft")
     ap.add_argument("--trace", help="a folder for the Chrome trace")
     args = ap.parse_args()
-    from pixdesk.model.quant import QuantSpec, quantize_model
-
-    Path(args.scratch).mkdir(parents=True, exist_ok=True)
-    ckpt = random_checkpoint(PIXTRAL_12B, torch.bfloat16, DEVICE, synthetic_tokenizer(Path(args.scratch)))
-    if args.quant != "none":
-        quantize_model(ckpt.model, QuantSpec(args.quant))
-        if DEVICE == "cuda":
-            torch.cuda.empty_cache()
-    ckpt.model.fuse_projections()
-    eng = engine_for(ckpt, 1, prefix_cache_bytes=2 * 2**30)  # as bench/gpu.py's TTFT engine
+    eng = engine_for(served_checkpoint(args.quant, Path(args.scratch)), 1, prefix_cache_bytes=2 * 2**30)  # as bench/gpu.py's TTFT engine
     t = time.perf_counter()
     timed_run(eng, image_prompt(10_000, QUESTION), 4)  # warm-up: cuBLAS/cuDNN, compiled regions, graphs
     timed_run(eng, image_prompt(10_001, QUESTION), 2)
