@@ -22,7 +22,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             attention: str = "kernel", prefetch: bool = True, kv_evict: str = "",
+             attention: str = "kernel",
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
@@ -35,7 +35,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         import pixdesk.engine.decode_attention as da
         import pixdesk.engine.static as static
         import pixdesk.model.dense_gemv as dense
-        from pixdesk.model import int4_fused, int4_mma, int4_triton, l2_prefetch, quant_ops, quant_triton
+        from pixdesk.model import int4_fused, int4_mma, int4_triton, quant_ops, quant_triton
         from pixdesk.model import pdl as pdl_module
 
         torch.backends.cuda.preferred_blas_library(blas)
@@ -53,7 +53,6 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
-        l2_prefetch.ENABLED, da.KV_EVICT = prefetch, kv_evict
         da.PARTIAL_LAUNCH.clear()
         da.PARTIAL_LAUNCH.update(launch)
         int4_triton.ONE_ROW_SPLITS.clear()
@@ -96,10 +95,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
-    # int4 wo's weights not pulled into L2 by the attention programs (model/l2_prefetch.py); the keys and
-    # values read with L2's evict-first policy, so they do not push the prefetched weights out
-    "no_prefetch": _variant(prefetch=False),
-    "kv_evict_first": _variant(kv_evict="evict_first"),
 }
 
 

@@ -183,7 +183,7 @@ def attention_step(name, ks, vs):
     def step(q, key_pos, pos):
         n = key_pos.shape[0]
         if fn is None:  # the split-key kernel reads the whole cache tensor in place
-            return [decode_attention(q[:, 0], k, v, pos + 1, n, []) for k, v in zip(ks, vs)]
+            return [decode_attention(q[:, 0], k, v, pos + 1, n) for k, v in zip(ks, vs)]
         mask = key_pos[None, :] <= pos[:, None]
         return [fn(q, k[:, :n], v[:, :n], mask) for k, v in zip(ks, vs)]
 

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pixdesk.model import l2_prefetch, pdl
+from pixdesk.model import pdl
 from pixdesk.model.quant_triton import _DOT_F32, summed_partials
 
 SPLITS = (64, 128, 256)  # keys per program, by grid size (split_keys)
@@ -36,7 +36,6 @@ BLOCK_S = 64  # keys per inner step
 PROGRAMS_PER_SM = 4  # enough programs that every SM keeps several key slices in flight
 FIXED_SPLIT: int | None = None  # a fixed slice length (bench/kernels.py sweeps it); None: split_keys
 PARTIAL_LAUNCH: dict = {}  # num_warps / num_stages of the split kernel (bench/kernels.py sweeps them)
-KV_EVICT = ""  # the keys' and values' L2 policy: "evict_first" keeps prefetched weights (bench/gpu_ab.py)
 
 
 def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
@@ -60,15 +59,10 @@ MIN_MERGE = 64
 def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys, n_splits, sm_scale,
              stride_kb, stride_kt, HKV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr,
              SPLIT: tl.constexpr, BLOCK_S: tl.constexpr, ROW_SLOTS: tl.constexpr,
-             USE_PDL: tl.constexpr, pf0, pf0_bytes, pf1, pf1_bytes, pf2, pf2_bytes,
-             N_PREFETCH: tl.constexpr, KV_EVICT: tl.constexpr):  # fmt: skip
+             USE_PDL: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     b, h = bh // HKV, bh % HKV
-    # the next GEMV's weights into L2 (l2_prefetch.py): no kernel of the step writes them, so before the wait
-    n_programs = tl.num_programs(0) * n_splits
-    l2_prefetch.prefetch_share(bh * n_splits + sp, n_programs, pf0, pf0_bytes, pf1, pf1_bytes, pf2, pf2_bytes,
-                               N_PREFETCH)  # fmt: skip
     pdl.wait(USE_PDL)
     pdl.release(USE_PDL)
     length = tl.minimum(tl.load(len_ptr + b), n_keys)
@@ -86,8 +80,8 @@ def _partial(q_ptr, k_ptr, v_ptr, len_ptr, slot_ptr, o_ptr, m_ptr, l_ptr, n_keys
         rs = s0 + tl.arange(0, BLOCK_S)
         s_ok = rs < stop
         off = kv_base + rs[:, None] * stride_kt + rd[None, :]
-        k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0, eviction_policy=KV_EVICT)  # (BLOCK_S, D)
-        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0, eviction_policy=KV_EVICT)  # with k: session 8
+        k = tl.load(k_ptr + off, mask=s_ok[:, None], other=0.0)  # (BLOCK_S, D)
+        v = tl.load(v_ptr + off, mask=s_ok[:, None], other=0.0)  # with k (no change on an H200, session 8)
         if _DOT_F32:
             scores = tl.dot(q.to(tl.float32), tl.trans(k.to(tl.float32)))
         else:
@@ -164,14 +158,12 @@ def decode_attention(
     values: torch.Tensor,
     lengths: torch.Tensor,
     n_keys: int,
-    prefetch: list[torch.Tensor],
     slots: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q (B, H, D); keys/values the cache (n_slots, T, Hkv, D); lengths (B,) keys per row; keys < n_keys.
 
     Row b reads slot b, or slot slots[b] when given (several rows of one slot: a short prefill as a batch of
-    single-token queries, each seeing the keys before its own position). `prefetch`: up to three tensors
-    (the next GEMV's weights) the split programs pull into L2 while they run (l2_prefetch.py); [] for none.
+    single-token queries, each seeing the keys before its own position).
     Returns (B, H, D): softmax(q k^T / sqrt(D)) v over each row's first min(length, n_keys) keys.
     """
     B, H, D = q.shape
@@ -186,22 +178,19 @@ def decode_attention(
     out = torch.empty_like(q)
     nsp = max(MIN_MERGE, triton.next_power_of_2(n_splits))
     use_pdl = pdl.enabled(q.device)
-    prefetch_args = l2_prefetch.kernel_args(list(prefetch), q)
     _partial[(B * Hkv, n_splits)](
         q, keys, values, lengths, lengths if slots is None else slots, partial, m, l_sum, n_keys, n_splits,
         D**-0.5, keys.stride(0), keys.stride(1), HKV=Hkv, G=G, GP=max(16, triton.next_power_of_2(G)), D=D,
         SPLIT=split, BLOCK_S=min(PARTIAL_LAUNCH.get("block_s", BLOCK_S), split), ROW_SLOTS=slots is not None,
-        USE_PDL=use_pdl, **prefetch_args, KV_EVICT=KV_EVICT, **pdl.launch(use_pdl),
-        **{k: v for k, v in PARTIAL_LAUNCH.items() if k != "block_s"},
+        USE_PDL=use_pdl, **{k: v for k, v in PARTIAL_LAUNCH.items() if k != "block_s"}, **pdl.launch(use_pdl),
     )  # fmt: skip
     _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp, USE_PDL=use_pdl, **pdl.launch(use_pdl))
     return out
 
 
 def warm_variants(keys: torch.Tensor, values: torch.Tensor, n_heads: int, rows: int, buckets: list[int],
-                  row_slots: bool, prefetch: list[torch.Tensor] | None = None) -> int:  # fmt: skip
-    """Launch the kernels once per key bucket for `rows` rows, one key a row, on a layer's cache tensors
-    (with the step's `prefetch` ranges, which change the compiled form).
+                  row_slots: bool) -> int:  # fmt: skip
+    """Launch the kernels once per key bucket for `rows` rows, one key a row, on a layer's cache tensors.
 
     A bucket can give the kernels another slice length or merge width (compile-time constants), and Triton
     compiles a kernel on its first launch with them: ~0.25 s each. Left to the first capture of a bucket,
@@ -214,7 +203,7 @@ def warm_variants(keys: torch.Tensor, values: torch.Tensor, n_heads: int, rows: 
     lengths = torch.ones(rows, dtype=torch.long, device=dev)
     slots = torch.zeros(rows, dtype=torch.long, device=dev) if row_slots else None
     for n_keys in buckets:
-        decode_attention(q, keys, values, lengths, n_keys, prefetch or [], slots)
+        decode_attention(q, keys, values, lengths, n_keys, slots)
     return len(buckets)
 
 
@@ -226,7 +215,7 @@ def _sm_count(device: torch.device) -> int:
 
 
 @decode_attention.register_fake
-def _(q, keys, values, lengths, n_keys, prefetch, slots=None):
+def _(q, keys, values, lengths, n_keys, slots=None):
     return torch.empty_like(q)
 
 

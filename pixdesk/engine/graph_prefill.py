@@ -45,8 +45,7 @@ class RowsView:
         vc[self.slots, self.positions] = v[0]
         n_keys = self.key_pos.shape[0]
         if self.kernel:
-            attend = torch.ops.pixdesk.decode_attention
-            return attend(q[0], kc, vc, self.lengths, n_keys, [], self.slots)[None]
+            return torch.ops.pixdesk.decode_attention(q[0], kc, vc, self.lengths, n_keys, self.slots)[None]
         mask = self.key_pos[None, :] < self.lengths[:, None]  # (rows, n_keys)
         out = gqa_decode(q[0][:, None], kc[self.slots, :n_keys], vc[self.slots, :n_keys], mask)
         return out[:, 0][None]

@@ -17,7 +17,6 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.slot_picks import SlotPicks
-from pixdesk.model import l2_prefetch
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.quant_ops import linear_partials, sum_partials
 from pixdesk.model.rope import rope_tables, text_angles
@@ -84,7 +83,7 @@ def attend_slots(kc, vc, rows, positions, reads, n_keys: int, kernel: bool, q, k
     kc[rows, positions] = k[:, 0]
     vc[rows, positions] = v[:, 0]
     if kernel:
-        out = torch.ops.pixdesk.decode_attention(q[:, 0], kc, vc, reads, n_keys, [])  # (B, H, D)
+        out = torch.ops.pixdesk.decode_attention(q[:, 0], kc, vc, reads, n_keys)  # (B, H, D)
         return out[:, None]
     return gqa_decode(q, kc[:, :n_keys], vc[:, :n_keys], reads)
 
@@ -118,8 +117,7 @@ def _kernel_layer(layer, x, branch, cos, sin, kc, vc, positions, lengths, n_keys
     an, fn = layer.attention_norm, layer.ffn_norm
     x, normed = _add_norm(x[:, 0], branch, an)
     q = _project_rotate_write(a, normed, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions)
-    # wo's weights ride into L2 while attention runs (l2_prefetch.py)
-    attended = torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys, l2_prefetch.targets(a.wo))
+    attended = torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)  # (B, H, D)
     h, normed = _add_norm(x, linear_partials(a.wo, attended.reshape(B, -1)), fn)
     return h[:, None], linear_partials(ff.w2, ff.hidden(normed))
 
@@ -186,8 +184,7 @@ def warm_attention(model, cache: KVCache, bucket_size: int, row_counts, row_slot
 
     buckets, heads = key_buckets(bucket_size, cache.max_len), model.args.text.n_heads
     k, v = cache.k[0], cache.v[0]
-    prefetch = None if row_slots else l2_prefetch.targets(model.layers[0].attention.wo)
-    return sum(warm_variants(k, v, heads, rows, buckets, row_slots, prefetch) for rows in row_counts)
+    return sum(warm_variants(k, v, heads, rows, buckets, row_slots) for rows in row_counts)
 
 
 def capture(fn, args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

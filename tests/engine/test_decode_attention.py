@@ -31,7 +31,7 @@ CHECK = textwrap.dedent(
             lengths = torch.tensor(lens)
             mask = torch.arange(n_keys)[None, :] < lengths[:, None]
             ref = gqa_decode(q, k[:, :n_keys], v[:, :n_keys], mask)[:, 0]
-            out = decode_attention(q[:, 0], k, v, lengths, n_keys, [])
+            out = decode_attention(q[:, 0], k, v, lengths, n_keys)
             assert out.shape == ref.shape and float((out - ref).abs().max()) < 1e-5, (B, T, lens, split)
     da.FIXED_SPLIT = None
     grids = [(8, 4352), (64, 4352), (8, 300)]  # (rows x KV heads, keys): 1 slot, 8 slots, a short context
@@ -43,7 +43,7 @@ CHECK = textwrap.dedent(
     lengths, slots = torch.tensor([1, 130, 131, 257]), torch.tensor([1, 1, 1, 1])
     mask = torch.arange(256)[None, :] < lengths[:, None]
     ref = gqa_decode(q, k[slots, :256], v[slots, :256], mask)[:, 0]
-    out = decode_attention(q[:, 0], k, v, lengths, 256, [], slots)
+    out = decode_attention(q[:, 0], k, v, lengths, 256, slots)
     assert float((out - ref).abs().max()) < 1e-5
 
     # warm-up launches: one per key bucket, one key a row, on a layer's cache as the step uses it
@@ -109,7 +109,7 @@ ROPE_WRITE = textwrap.dedent(
         for got, want in ((q_got, q[:, 0]), (ka, kb), (va, vb)):
             assert float((got.float() - want.float()).abs().max()) <= tol * float(want.float().abs().max())
         lengths = torch.where(positions == scratch, 1, positions + 1)
-        out = da.decode_attention(q_got, ka, va, lengths, n_keys, [])
+        out = da.decode_attention(q_got, ka, va, lengths, n_keys)
         mask = torch.arange(n_keys)[None, :] < lengths[:, None]
         ref = gqa_decode(q.float(), kb[:, :n_keys].float(), vb[:, :n_keys].float(), mask)[:, 0]
         err = float((out.float() - ref).abs().max())
@@ -137,17 +137,9 @@ def test_split_kernel_compiles_for_sm90_in_every_form():
 
     names = da._partial.arg_names
     ptrs = {"q_ptr": "*bf16", "k_ptr": "*bf16", "v_ptr": "*bf16", "len_ptr": "*i64", "slot_ptr": "*i64",
-            "o_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "pf0": "*u8", "pf1": "*bf16",
-            "pf2": "*bf16"}  # fmt: skip
-    scalars = {"n_keys": "i32", "n_splits": "i32", "sm_scale": "fp32", "stride_kb": "i32", "stride_kt": "i32",
-               "pf0_bytes": "i32", "pf1_bytes": "i32", "pf2_bytes": "i32"}  # fmt: skip
+            "o_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32"}  # fmt: skip
+    scalars = {"n_keys": "i32", "n_splits": "i32", "sm_scale": "fp32", "stride_kb": "i32", "stride_kt": "i32"}
     sig = {n: {**ptrs, **scalars}.get(n, "constexpr") for n in names}
-    for split, row_slots, n_pf in itertools.product((64, 256), (False, True), (0, 3)):
-        consts = dict(HKV=8, G=4, GP=16, D=128, SPLIT=split, BLOCK_S=64, ROW_SLOTS=row_slots, USE_PDL=True,
-                      N_PREFETCH=n_pf, KV_EVICT="evict_first" if n_pf else "")  # fmt: skip
-        ptx = sass.compile_kernel(da._partial, sig, consts, ("stride_kb", "stride_kt"), 90, 4).asm["ptx"]
-        # the prefetches have no result anyone reads: they must survive as instructions, before the PDL wait
-        prefetches = ptx.count("prefetch.global.L2")
-        assert prefetches == (3 if n_pf else 0), prefetches
-        if n_pf:
-            assert ptx.index("prefetch.global.L2") < ptx.index("griddepcontrol.wait")
+    for split, row_slots in itertools.product((64, 256), (False, True)):
+        consts = dict(HKV=8, G=4, GP=16, D=128, SPLIT=split, BLOCK_S=64, ROW_SLOTS=row_slots, USE_PDL=True)
+        sass.compile_kernel(da._partial, sig, consts, ("stride_kb", "stride_kt"), 90, 4)
