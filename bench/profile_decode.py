@@ -2,11 +2,11 @@
 work, and the kernels that take the time (grouped by name, and by name after the kernel before it, which
 tells one GEMV kernel's linears apart: `_combine>_reduced` is wo, `_silu_mul>_reduced` the down projection).
 
-    PYTHONPATH=. python3 bench/profile_decode.py [--quant int8|int4] [--slots N] [--no-pdl] [--no-norm-in-gemv]
+    PYTHONPATH=. python3 bench/profile_decode.py [--quant int8|int4] [--slots N] [--no-pdl]
+        [--prefetch on|off|both]
 
 --no-pdl: kernels launched plainly, so each kernel's time is its own (under PDL a kernel's time includes
-its wait for the one before). --no-norm-in-gemv: int4 wo and the add + RMSNorm after it as two kernels
-(quant_ops.NORM_IN_GEMV off).
+its wait for the one before). --prefetch both: the step with and without l2_prefetch, one after the other.
 """
 
 import argparse
@@ -17,17 +17,16 @@ import torch
 from bench.gpu_model import PIXTRAL_12B, random_model
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.static import StaticDecoder
-from pixdesk.model import pdl, quant_ops
+from pixdesk.model import l2_prefetch, pdl
 from pixdesk.model.quant import QuantSpec, quantize_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--quant", choices=["none", "int8", "int4"], default="none")
 ap.add_argument("--slots", type=int, default=1)
 ap.add_argument("--no-pdl", action="store_true")
-ap.add_argument("--no-norm-in-gemv", action="store_true")
+ap.add_argument("--prefetch", choices=["on", "off", "both"], default="on")
 args = ap.parse_args()
 pdl.ENABLED = not args.no_pdl
-quant_ops.NORM_IN_GEMV = not args.no_norm_in_gemv
 m = random_model(PIXTRAL_12B, torch.bfloat16, "cuda")
 if args.quant != "none":
     quantize_model(m, QuantSpec(args.quant))
@@ -83,9 +82,11 @@ def by_position(prof) -> None:
         print(f"  {key:50s} {us / n:8.2f} us x {n / 3:6.1f} a step = {us / 3 / 1e3:.3f} ms")
 
 
-def profile() -> None:
+def profile(prefetch: bool) -> None:
+    l2_prefetch.ENABLED = prefetch
+    torch._dynamo.reset()
     sd = StaticDecoder(m, kv)
-    print(f"--- PDL {'on' if pdl.ENABLED else 'off'}, norm in GEMV {quant_ops.NORM_IN_GEMV}", flush=True)
+    print(f"--- prefetch {'on' if prefetch else 'off'}, PDL {'on' if pdl.ENABLED else 'off'}", flush=True)
     t = time.time()
     sd.step(slots, tok, pos(4200))
     torch.cuda.synchronize()
@@ -120,4 +121,5 @@ def profile() -> None:
 
 
 with torch.inference_mode():
-    profile()
+    for prefetch in {"on": [True], "off": [False], "both": [True, False]}[args.prefetch]:
+        profile(prefetch)

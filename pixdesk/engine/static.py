@@ -118,7 +118,7 @@ def _kernel_layer(layer, x, branch, cos, sin, kc, vc, positions, lengths, n_keys
     x, normed = _add_norm(x[:, 0], branch, an)
     q = _project_rotate_write(a, normed, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions)
     attended = torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)  # (B, H, D)
-    h, normed = _project_add_norm(a.wo, attended.reshape(B, -1), x, fn)
+    h, normed = _add_norm(x, linear_partials(a.wo, attended.reshape(B, -1)), fn)
     return h[:, None], linear_partials(ff.w2, ff.hidden(normed))
 
 
@@ -132,14 +132,6 @@ def _project_rotate_write(attention, x, cos, sin, kc, vc, positions) -> torch.Te
         return q
     parts = linear_partials(attention.wqkv, x)  # (S, B, (H + 2 Hkv) D)
     return torch.ops.pixdesk.rope_cache_write(parts, cos, sin, kc, vc, positions, attention.n_heads)
-
-
-def _project_add_norm(linear, inp, x, norm) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (B, dim) + linear(inp) -> (new residual, norm of it): the linear's own fused kernel where it has one
-    (int4, one row: quant.Int4Linear.add_norm), else its partials, then _add_norm."""
-    fused = getattr(linear, "add_norm", None)
-    out = fused(inp, x, norm.weight, norm.eps) if fused is not None and FUSED_NORM else None
-    return out if out is not None else _add_norm(x, linear_partials(linear, inp), norm)
 
 
 def _add_norm(x: torch.Tensor, parts: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,9 +11,6 @@ counter for the next call (so a CUDA graph replays it). Three forms:
   program's 128 rows are one head (head_dim 128), and RoPE pairs (2i, 2i + 1) lie inside it; the
   rope_cache_write kernel is gone (7.18 + 2.28 -> 8.56 us a layer in a graph chain, bench/fused_chain.py).
   On: quant_ops.FUSED_ROPE.
-- `reduced_add_norm`: the product summed, then the residual add + RMSNorm after it (decode_norm.py's kernel)
-  in the GEMV's globally last program, found through a second count over the row blocks (wo at one row:
-  one kernel fewer a layer). On: quant_ops.NORM_IN_GEMV.
 - `gated`: gate|up -> silu(gate) * up. A program's 128 rows are 64 gate rows interleaved with the matching
   up rows, so its epilogue holds both factors. Measured slower than the GEMV + silu_mul (29.35 against
   24.97 + 1.21 us): off, quant_ops.FUSED_GATED.
@@ -35,7 +32,6 @@ from pixdesk.model.quant_triton import _bench
 
 GATED_SPLIT: int | None = None  # the gate|up GEMV's K splits (None: the GEMV's own choice, 4 for the 12B)
 COUNTERS = 4096  # row blocks a GEMV may have (the 12B LM head has 1,024; fused GEMVs have <= 224)
-NORM_COUNTER = tl.constexpr(COUNTERS - 1)  # reduced_add_norm's blocks-done count (past any GEMV's blocks)
 
 
 @functools.cache
@@ -145,11 +141,10 @@ def _qkv_rope(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, cos_ptr, sin_ptr, q_pt
             _store_rope(total, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kt, H, HKV, BLOCK_N)
 
 
-def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.device, **extra) -> None:
-    """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned; `extra`:
-    the kernel's own compile-time constants."""
+def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.device) -> None:
+    """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned."""
     use_pdl = pdl.enabled(device)
-    consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, **pdl.launch(use_pdl), **extra}
+    consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, **pdl.launch(use_pdl)}
     pinned = int4_mma._pinned(N, K, device)
     if pinned is None:
         kernel[grid](*args, **consts)
@@ -229,91 +224,3 @@ def reduced(x: torch.Tensor, qweight, scales, mins, split: int | None = None) ->
     _launch(_reduced, (blocks, S), (x, qweight, scales, mins, y, _counters(x.device), out, *shared), N, K, S,
             x.device)  # fmt: skip
     return out
-
-
-@triton.jit
-def _add_norm_tail(out_ptr, res_ptr, nw_ptr, h_ptr, normed_ptr, cnt_ptr, N, eps, NORM_BLOCK: tl.constexpr):
-    """After a row block's total is in out_ptr: count the block done; the last block's program adds the whole
-    output row to the residual and normalizes it, rounding as decode_norm._add_rms_norm does, and resets the
-    count."""
-    tl.debug_barrier()  # every thread's store of the block's total precedes the count's release
-    done = tl.atomic_add(cnt_ptr + NORM_COUNTER, 1, sem="acq_rel", scope="gpu")
-    if done == tl.num_programs(0) - 1:
-        DT: tl.constexpr = out_ptr.dtype.element_ty
-        cols = tl.arange(0, NORM_BLOCK)
-        ok = cols < N
-        branch = tl.load(out_ptr + cols, mask=ok, other=0.0, cache_modifier=".cg").to(tl.float32)
-        x = tl.load(res_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        h = (x + branch).to(DT)
-        tl.store(h_ptr + cols, h, mask=ok)
-        hf = h.to(tl.float32)
-        inv = tl.rsqrt(tl.sum(hf * hf, axis=0) / N + eps)
-        w = tl.load(nw_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(normed_ptr + cols, (w * (hf * inv).to(DT).to(tl.float32)).to(DT), mask=ok)
-        tl.store(cnt_ptr + NORM_COUNTER, 0)
-
-
-@triton.autotune(configs=int4_mma._configs(), key=["N", "KW", "SWN"], cache_results=True, do_bench=_bench,
-                 prune_configs_by={"early_config_prune": int4_mma._prune})  # fmt: skip
-@triton.jit
-def _reduced_norm(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, out_ptr, res_ptr, nw_ptr, h_ptr, normed_ptr,
-                  eps, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG, BLOCK_N: tl.constexpr,
-                  NSPLIT: tl.constexpr, NORM_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
-                  PREFETCH: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
-    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    rows = tl.minimum(rn, N - 1)
-    out = int4_mma._split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-                                  BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
-    if NSPLIT == 1:
-        tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
-        _add_norm_tail(out_ptr, res_ptr, nw_ptr, h_ptr, normed_ptr, cnt_ptr, N, eps, NORM_BLOCK)
-    else:
-        if _split_done(out, y_ptr, cnt_ptr, BLOCK_N, NSPLIT):
-            total = _split_total(y_ptr, cnt_ptr, BLOCK_N, NSPLIT)
-            tl.store(out_ptr + rn, total.to(out_ptr.dtype.element_ty), mask=rn < N)
-            _add_norm_tail(out_ptr, res_ptr, nw_ptr, h_ptr, normed_ptr, cnt_ptr, N, eps, NORM_BLOCK)
-
-
-def reduced_add_norm(x: torch.Tensor, qweight, scales, mins, residual: torch.Tensor, weight: torch.Tensor,
-                     eps: float, split: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """x (1, K) bf16 @ an int4 weight (N, K), added to residual (1, N) -> (h, rmsnorm(h) * weight), both
-    (1, N) bf16, in one kernel: `reduced`'s sum, then decode_norm.add_rms_norm's work in the last program."""
-    N, K, S, shared = _geometry(x, qweight, scales, mins, split)
-    blocks = triton.cdiv(N, int4_mma.BLOCK_N)
-    if blocks > NORM_COUNTER.value or residual.shape != (1, N) or weight.shape != (N,):
-        raise ValueError(f"reduced_add_norm takes a (1, {N}) residual and a ({N},) norm weight")
-    out = torch.empty(1, N, dtype=x.dtype, device=x.device)  # the product, read back by the last program
-    h, normed = torch.empty_like(out), torch.empty_like(out)
-    y = torch.empty(S, blocks * int4_mma.BLOCK_N, dtype=torch.float32, device=x.device)
-    args = (x, qweight, scales, mins, y, _counters(x.device), out, residual.contiguous(), weight, h, normed,
-            eps, *shared)  # fmt: skip
-    _launch(_reduced_norm, (blocks, S), args, N, K, S, x.device, NORM_BLOCK=triton.next_power_of_2(N))
-    return h, normed
-
-
-@torch.library.custom_op("pixdesk::int4_add_norm", mutates_args=())
-def int4_add_norm(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    mins: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decode step's wo (one bf16 row), residual add and RMSNorm: `reduced_add_norm`, or where the
-    scales are not 4-byte aligned (the mma GEMV reads them as words) the GEMV's partials, then the add and
-    the norm in torch."""
-    if int4_mma.aligned(scales, mins):
-        return reduced_add_norm(x, qweight, scales, mins, residual, weight, eps)
-    from pixdesk.model import quant_ops
-
-    parts = quant_ops.int4_linear_partials(x, qweight, scales, mins, int4_mma.GROUP)
-    h = residual + quant_ops.sum_partials(parts, x.dtype)  # rounded as the kernel rounds (decode_norm.py)
-    hf = h.float()
-    return h, (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype) * weight
-
-
-@int4_add_norm.register_fake
-def _(x, qweight, scales, mins, residual, weight, eps):
-    return torch.empty_like(residual), torch.empty_like(residual)

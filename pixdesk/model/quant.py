@@ -196,15 +196,6 @@ class Int4Linear(nn.Module):
         weight = (self.qweight, self.scales, self.mins, self.group_size)
         return quant_ops.int4_qkv_rope(x, *weight, cos, sin, keys, values, positions, n_heads)
 
-    def add_norm(self, x, residual, weight, eps: float) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """As wo with the add + RMSNorm after it: one row x, the residual stream (1, N) -> (h = residual +
-        x W^T, rmsnorm(h) * weight) in one kernel; or None where it does not apply (quant_ops.int4_add_norm)
-        """
-        if self.cuda_pack is not None:
-            return None
-        weights = (self.qweight, self.scales, self.mins, self.group_size)
-        return quant_ops.int4_add_norm(x, *weights, residual, weight, eps)
-
     def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Decode rows through torch's CPU int4 kernel (bf16 activations, its own packed copy); prefill and
         group sizes it lacks (tiny test models) multiply by the dequantized weight (quant_ops says why)."""

@@ -40,9 +40,6 @@ FUSED_GATED = False
 # reading 8 fp32 rows was most of its time) instead of S fp32 rows. H200, session 12 (`--stage ab`): engine
 # b1 316.8 -> 324.3 tok/s, step replay 3.074 -> 3.004 ms, same greedy ids; 334.1 with down at 16 splits.
 REDUCE_IN_GEMV = True
-# ... and for wo, the residual add + RMSNorm after it in the same GEMV's last program (int4_fused.
-# reduced_add_norm): one kernel fewer a layer.
-NORM_IN_GEMV = True
 # (Not for gate|up: its partials summed in-kernel ahead of silu_mul.py measured slower, H200 session 13:
 # 333.7 -> 327.9 tok/s; bench/NOTES.md.)
 # 2..8 bf16 rows with groups of 128 through the tensor-core GEMV with one mma column a row
@@ -335,21 +332,6 @@ def int4_qkv_rope(x, qweight, scales, mins, group: int, cos, sin, keys, values, 
         return None
     return int4_qkv_rope_op(x.reshape(1, -1).contiguous(), qweight, scales, mins, cos, sin, keys, values,
                             positions, n_heads)  # fmt: skip
-
-
-def int4_add_norm(x, qweight, scales, mins, group: int, residual, weight, eps: float):
-    """A linear's product for one row added to the residual stream, then RMSNorm, as one kernel
-    (int4_fused.int4_add_norm) where it applies: NORM_IN_GEMV and REDUCE_IN_GEMV on, one bf16 CUDA row, the
-    mma GEMV's group size; else None. Only tensor properties decide: this runs in the compiled step."""
-    kernels = _kernels()
-    if not (NORM_IN_GEMV and REDUCE_IN_GEMV and INT4_MMA and kernels is not None and x.is_cuda):
-        return None
-    if x.numel() != scales.shape[1] * group or not kernels[2].supported(x.reshape(1, -1), group):
-        return None
-    from pixdesk.model import int4_fused
-
-    return int4_fused.int4_add_norm(x.reshape(1, -1).contiguous(), qweight, scales, mins,
-                                    residual.reshape(1, -1), weight, eps)  # fmt: skip
 
 
 def int4_cpu_pack(

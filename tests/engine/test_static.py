@@ -165,10 +165,9 @@ def test_captured_step_on_cuda_equals_the_dynamic_step(tiny_dir, quant):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused int4 kernels need CUDA")
 def test_int4_step_with_fused_epilogues_on_cuda_equals_the_unfused_one():
-    """int4 at one slot with heads of 128: the q|k|v GEMV rotates and writes the cache, the gate|up GEMV
-    applies SiLU x up and wo adds its product to the residual and normalizes it, in their epilogues
-    (model/int4_fused.py); the same step with those as kernels of their own (quant_ops.FUSED_*,
-    NORM_IN_GEMV off) gives the same logits, and both follow the plain-torch step."""
+    """int4 at one slot with heads of 128: the q|k|v GEMV rotates and writes the cache and the gate|up GEMV
+    applies SiLU x up in their epilogues (model/int4_fused.py); the same step with both as kernels of their
+    own (quant_ops.FUSED_* off) gives the same logits, and both follow the plain-torch step."""
     from dataclasses import replace
 
     from pixdesk.model import quant_ops
@@ -183,10 +182,10 @@ def test_int4_step_with_fused_epilogues_on_cuda_equals_the_unfused_one():
     quantize_model(model, QuantSpec("int4"))
     model.fuse_projections()
     prefix = torch.randint(10, 2000, (40,), device="cuda")
-    logits, knobs = {}, (quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE, quant_ops.NORM_IN_GEMV)
+    logits, knobs = {}, (quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE)
     try:
         for fused in (True, False):
-            quant_ops.FUSED_GATED = quant_ops.FUSED_ROPE = quant_ops.NORM_IN_GEMV = fused
+            quant_ops.FUSED_GATED = quant_ops.FUSED_ROPE = fused
             torch._dynamo.reset()
             kv_ref, kv = KVCache.for_model(model, 1, 128), KVCache.for_model(model, 1, 128)
             static = StaticDecoder(model, kv, bucket_size=64)
@@ -202,7 +201,7 @@ def test_int4_step_with_fused_epilogues_on_cuda_equals_the_unfused_one():
                     tokens, positions = want.argmax(-1).cpu(), positions + 1
             logits[fused] = torch.cat(out)
     finally:
-        quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE, quant_ops.NORM_IN_GEMV = knobs
+        quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = knobs
         torch._dynamo.reset()
     scale = float(logits[False].abs().max())
     torch.testing.assert_close(logits[True], logits[False], rtol=0, atol=1e-3 * scale)

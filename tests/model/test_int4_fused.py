@@ -1,7 +1,6 @@
-"""The one-row int4 GEMVs with an epilogue (model/int4_fused.py): gate|up -> silu(gate) * up, q|k|v ->
-RoPE + KV cache write, and a product + residual add + RMSNorm, in Triton's interpreter against the unfused
-kernels they replace (the mma GEMV's partials, then silu_mul's sum / rope_cache_write's), and on a GPU at
-the 12B model's shapes."""
+"""The one-row int4 GEMVs with an epilogue (model/int4_fused.py): gate|up -> silu(gate) * up, and q|k|v ->
+RoPE + KV cache write, in Triton's interpreter against the unfused kernels they replace (the mma GEMV's
+partials, then silu_mul's sum / rope_cache_write's), and on a GPU at the 12B model's shapes."""
 
 from __future__ import annotations
 
@@ -90,36 +89,6 @@ REDUCED = textwrap.dedent(
 )
 
 
-ADD_NORM = textwrap.dedent(
-    """
-    import torch
-    from pixdesk.model import int4_fused, quant
-    g = torch.Generator().manual_seed(4)
-    # one program a block and several; a block ending mid-program
-    for n, k, split in ((200, 1024, 4), (130, 2048, 1), (384, 512, 2)):
-        lin = quant.Int4Linear.from_float(torch.randn(n, k, generator=g) * k**-0.5)
-        x = torch.randn(1, k, generator=g).to(torch.bfloat16)
-        residual = torch.randn(1, n, generator=g).to(torch.bfloat16)
-        weight = torch.rand(n, generator=g).to(torch.bfloat16) + 0.5
-        h, normed = int4_fused.reduced_add_norm(x, lin.qweight, lin.scales, lin.mins, residual, weight, 1e-5,
-                                                split=split)
-        branch = int4_fused.reduced(x, lin.qweight, lin.scales, lin.mins, split=split)[0]
-        ref_h = residual + branch
-        hf = ref_h.float()
-        ref = (hf * torch.rsqrt(hf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16) * weight
-        assert h.shape == normed.shape == (1, n) and normed.dtype == torch.bfloat16
-        torch.testing.assert_close(h.float(), ref_h.float(), rtol=2e-2, atol=2e-2)
-        torch.testing.assert_close(normed.float(), ref.float(), rtol=2e-2, atol=2e-2)
-        assert int(int4_fused._counters(x.device).abs().sum()) == 0  # the block counts and the norm's count
-    print("ok")
-    """
-)
-
-
-def test_reduced_add_norm_gemv_in_the_interpreter():
-    assert run_in_interpreter(ADD_NORM).startswith("ok")
-
-
 def test_reduced_gemv_in_the_interpreter():
     assert run_in_interpreter(REDUCED).startswith("ok")
 
@@ -175,23 +144,3 @@ def test_fused_epilogues_on_cuda_equal_the_unfused_kernels():
     got = int4_fused.reduced(x, qkv.qweight, qkv.scales, qkv.mins)  # the same splits: the same sum
     assert torch.equal(got[0], total.to(x.dtype))
     assert int(int4_fused._counters(x.device).abs().sum()) == 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need a CUDA device")
-def test_wo_add_norm_on_cuda_equals_the_two_kernels():
-    """The 12B's wo with the add + RMSNorm in its last program: the same bits as `reduced` then
-    decode_norm's kernel, call after call (the counts reset themselves)."""
-    from pixdesk.engine import decode_norm  # noqa: F401  (registers add_rms_norm)
-    from pixdesk.model import int4_fused, quant
-
-    g = torch.Generator().manual_seed(5)
-    wo = quant.Int4Linear.from_float(torch.randn(5120, 4096, generator=g) * 4096**-0.5).cuda()
-    weight = (torch.rand(5120, generator=g) + 0.5).to(torch.bfloat16).cuda()
-    for _ in range(3):
-        x = torch.randn(1, 4096, generator=g).to(torch.bfloat16).cuda()
-        residual = torch.randn(1, 5120, generator=g).to(torch.bfloat16).cuda()
-        h, normed = int4_fused.int4_add_norm(x, wo.qweight, wo.scales, wo.mins, residual, weight, 1e-5)
-        branch = int4_fused.reduced(x, wo.qweight, wo.scales, wo.mins)[0]
-        ref_h, ref = torch.ops.pixdesk.add_rms_norm(residual, branch[None], weight, 1e-5)
-        assert torch.equal(h, ref_h) and torch.equal(normed, ref)
-        assert int(int4_fused._counters(x.device).abs().sum()) == 0
