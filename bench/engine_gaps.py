@@ -2,7 +2,10 @@
 under the profiler with host activity; the idle gaps longer than GAP_US, counted by the device operations on
 either side and by the host calls in progress when each gap ended (what the device was waiting for).
 
-    PYTHONPATH=. python3 bench/engine_gaps.py [--quant int4|int8|none]
+    PYTHONPATH=. python3 bench/engine_gaps.py [--quant int4|int8|none] [--gap-us US]
+
+--gap-us 1 shows the short idle stretches between two decode steps (the step's copies, the graph launch);
+each (before -> after) pair is listed with its count and total time.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from bench.gpu_model import DEVICE, image_prompt, served_checkpoint
 GAP_US = 20.0
 
 
-def gaps(prof) -> list[tuple[float, float, str, str]]:
-    """(start, end, device op before, device op after) of each idle stretch longer than GAP_US."""
+def gaps(prof, gap_us: float = GAP_US) -> list[tuple[float, float, str, str]]:
+    """(start, end, device op before, device op after) of each idle stretch longer than gap_us."""
     ops = [(e.time_range.start, e.time_range.end, e.name) for e in prof.events()
            if str(e.device_type).endswith("CUDA")]  # fmt: skip
-    return [(a, b, before[2], after[2]) for a, b, before, after in idle_gaps(ops, GAP_US)]
+    return [(a, b, before[2], after[2]) for a, b, before, after in idle_gaps(ops, gap_us)]
 
 
 def host_calls_at(prof, moments: list[float]) -> Counter:
@@ -37,6 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quant", choices=["none", "int8", "int4"], default="int4")
     ap.add_argument("--scratch", default="/tmp/pixdesk-gaps")
+    ap.add_argument("--gap-us", type=float, default=GAP_US)
     args = ap.parse_args()
     from pathlib import Path
 
@@ -52,12 +56,16 @@ def main() -> None:
             torch.cuda.synchronize()
     eng.stop()
     print(f"profiled: {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)
-    found = gaps(prof)
+    found = gaps(prof, args.gap_us)
     total = sum(b - a for a, b, _, _ in found)
-    print(f"{len(found)} gaps > {GAP_US:.0f} us, {total / 1e3:.2f} ms in all ({total / max(len(found), 1):.1f} us "
-          f"mean)")  # fmt: skip
-    for (before, after), n in Counter((b4[:50], af[:50]) for _, _, b4, af in found).most_common(8):
-        print(f"  {n:4d}  {before}  ->  {after}")
+    print(f"{len(found)} gaps > {args.gap_us:g} us, {total / 1e3:.2f} ms in all ({total / max(len(found), 1):.1f} "
+          f"us mean)")  # fmt: skip
+    by_pair: dict = {}
+    for a, b, before, after in found:
+        n, us = by_pair.get((before[:50], after[:50]), (0, 0.0))
+        by_pair[(before[:50], after[:50])] = (n + 1, us + b - a)
+    for (before, after), (n, us) in sorted(by_pair.items(), key=lambda kv: -kv[1][1])[:12]:
+        print(f"  {n:4d} {us / 1e3:7.2f} ms  {before}  ->  {after}")
     print("host calls in progress when the gaps ended:")
     for name, n in host_calls_at(prof, [b for _, b, _, _ in found]).most_common(25):
         print(f"  {n:4d}  {name[:100]}")

@@ -3,10 +3,9 @@ work, and the kernels that take the time (grouped by name, and by name after the
 tells one GEMV kernel's linears apart: `_combine>_reduced` is wo, `_silu_mul>_reduced` the down projection).
 
     PYTHONPATH=. python3 bench/profile_decode.py [--quant int8|int4] [--slots N] [--no-pdl]
-        [--prefetch on|off|both]
 
 --no-pdl: kernels launched plainly, so each kernel's time is its own (under PDL a kernel's time includes
-its wait for the one before). --prefetch both: the step with and without l2_prefetch, one after the other.
+its wait for the one before).
 """
 
 import argparse
@@ -17,14 +16,13 @@ import torch
 from bench.gpu_model import PIXTRAL_12B, random_model
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.static import StaticDecoder
-from pixdesk.model import l2_prefetch, pdl
+from pixdesk.model import pdl
 from pixdesk.model.quant import QuantSpec, quantize_model
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--quant", choices=["none", "int8", "int4"], default="none")
 ap.add_argument("--slots", type=int, default=1)
 ap.add_argument("--no-pdl", action="store_true")
-ap.add_argument("--prefetch", choices=["on", "off", "both"], default="on")
 args = ap.parse_args()
 pdl.ENABLED = not args.no_pdl
 m = random_model(PIXTRAL_12B, torch.bfloat16, "cuda")
@@ -82,11 +80,9 @@ def by_position(prof) -> None:
         print(f"  {key:50s} {us / n:8.2f} us x {n / 3:6.1f} a step = {us / 3 / 1e3:.3f} ms")
 
 
-def profile(prefetch: bool) -> None:
-    l2_prefetch.ENABLED = prefetch
-    torch._dynamo.reset()
+def profile() -> None:
     sd = StaticDecoder(m, kv)
-    print(f"--- prefetch {'on' if prefetch else 'off'}, PDL {'on' if pdl.ENABLED else 'off'}", flush=True)
+    print(f"--- PDL {'on' if pdl.ENABLED else 'off'}", flush=True)
     t = time.time()
     sd.step(slots, tok, pos(4200))
     torch.cuda.synchronize()
@@ -121,5 +117,4 @@ def profile(prefetch: bool) -> None:
 
 
 with torch.inference_mode():
-    for prefetch in {"on": [True], "off": [False], "both": [True, False]}[args.prefetch]:
-        profile(prefetch)
+    profile()
