@@ -38,11 +38,11 @@ def _load_inputs(staged_ptr, io_ptr, seq_ptr, consumed_ptr, N: tl.constexpr, ROW
     is the step's sequence number: kept on the device for the picks, reported as consumed. A step run again
     (a capture's warm-up runs) finds its number already there and loads nothing: the step's own changes to
     io (the token-from-picks flags it cleared) stand, as slot_picks.feed requires."""
-    seq = tl.load(staged_ptr + ROWS * N, volatile=True)  # host memory the host rewrites: never cached
+    seq = tl.load(staged_ptr + ROWS * N, cache_modifier=".cv")
     if seq != tl.load(seq_ptr):
         offs = tl.arange(0, BLOCK)
         ok = offs < ROWS * N
-        tl.store(io_ptr + offs, tl.load(staged_ptr + offs, mask=ok, volatile=True), mask=ok)
+        tl.store(io_ptr + offs, tl.load(staged_ptr + offs, mask=ok, cache_modifier=".cv"), mask=ok)
         tl.store(seq_ptr, seq)
     tl.debug_barrier()  # every input read before the host may overwrite them
     tl.store(consumed_ptr, seq)
