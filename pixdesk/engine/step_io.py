@@ -17,7 +17,7 @@ The host's side, step k:
   step k+1 cannot overwrite them before the host reads them; step k+2 could, so staging step k+2 first
   saves step k's picks if nobody has read them yet.
 - `picks(k)` waits for step k's event and returns its picks.
-Warm-up runs before a capture re-run the same staged step: its inputs load once (`_load_inputs`).
+Warm-up runs before a capture re-run the same staged step, which reads and reports the same inputs.
 """
 
 from __future__ import annotations
@@ -35,15 +35,12 @@ INPUT_ROWS = 4  # token, position, output row order, token-from-picks flag (stat
 def _load_inputs(staged_ptr, io_ptr, seq_ptr, consumed_ptr, N: tl.constexpr, ROWS: tl.constexpr,
                  BLOCK: tl.constexpr):  # fmt: skip
     """staged (ROWS + 1, N) int64 in pinned memory -> io (ROWS, N) on the device; the last row's first word
-    is the step's sequence number: kept on the device for the picks, reported as consumed. A step run again
-    (a capture's warm-up runs) finds its number already there and loads nothing: the step's own changes to
-    io (the token-from-picks flags it cleared) stand, as slot_picks.feed requires."""
+    is the step's sequence number: kept on the device for the picks, reported as consumed."""
+    offs = tl.arange(0, BLOCK)
+    ok = offs < ROWS * N
+    tl.store(io_ptr + offs, tl.load(staged_ptr + offs, mask=ok, cache_modifier=".cv"), mask=ok)
     seq = tl.load(staged_ptr + ROWS * N, cache_modifier=".cv")
-    if seq != tl.load(seq_ptr):
-        offs = tl.arange(0, BLOCK)
-        ok = offs < ROWS * N
-        tl.store(io_ptr + offs, tl.load(staged_ptr + offs, mask=ok, cache_modifier=".cv"), mask=ok)
-        tl.store(seq_ptr, seq)
+    tl.store(seq_ptr, seq)
     tl.debug_barrier()  # every input read before the host may overwrite them
     tl.store(consumed_ptr, seq)
 
@@ -66,7 +63,7 @@ class StepIO:
         self.staged = torch.zeros(INPUT_ROWS + 1, n_slots, dtype=torch.long, pin_memory=pinned)
         self.host_picks = torch.zeros(2, n_slots, dtype=torch.long, pin_memory=pinned)
         self.consumed = torch.full((1,), -1, dtype=torch.long, pin_memory=pinned)
-        self.seq = torch.full((1,), -1, dtype=torch.long, device=device)  # the running step's number
+        self.seq = torch.zeros(1, dtype=torch.long, device=device)  # the running step's number
         self.step = -1  # the last step staged
         self._events: dict[int, torch.cuda.Event | None] = {}  # step -> recorded after its replay
         self._saved: dict[int, list[int]] = {}  # picks read out before a later step overwrote their row

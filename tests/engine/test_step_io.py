@@ -31,9 +31,6 @@ HOST_SIDE = textwrap.dedent(
         return k
 
     steps = [run_step(torch.arange(12).reshape(4, 3) + 100 * i, [i, i + 1, i + 2]) for i in range(3)]
-    io_rows[3] = 0  # the step cleared its flags; run again (a capture's warm-up), it loads nothing
-    step_io.load(io_rows)
-    assert int(io_rows[3].abs().sum()) == 0 and int(io_rows[0, 0]) == 200
     assert steps == [0, 1, 2]
     # step 2 reused step 0's row of picks: step 0's were kept before, so nothing is lost
     assert step_io.picks(0) == [0, 1, 2]
