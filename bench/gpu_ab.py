@@ -22,7 +22,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             attention: str = "kernel", step_io: bool = True,
+             attention: str = "kernel",
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
@@ -41,7 +41,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         torch.backends.cuda.preferred_blas_library(blas)
         inductor.coordinate_descent_tuning = coordinate_descent
         inductor.max_autotune_gemm = autotune_gemm  # Triton GEMV templates against cuBLAS, per shape
-        static.LAYER_REGIONS, static.STEP_IO = layer_regions, step_io
+        static.LAYER_REGIONS = layer_regions
         dense.DECODE_GEMV, dense.GEMV_SHAPES = dense_gemv, frozenset(gemv_shapes)
         pdl_module.ENABLED = pdl
         quant_triton.PROGRAMS_PER_SM = programs_per_sm  # the K splits of the quantized GEMVs
@@ -95,8 +95,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
-    # the step's inputs and picks copied each way between two replays, not read/written by its kernels
-    "copies": _variant(step_io=False),
 }
 
 

@@ -21,7 +21,6 @@ reaches the cache's spare one (`max_len`, where the static step parks idle slots
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -61,18 +60,13 @@ class PendingStep:
     wait_s: float = 0.0  # host time `host_picks` spent blocked on the device
     _host: torch.Tensor | None = None  # host copy of `picks` (pinned on CUDA)
     _ready: torch.cuda.Event | None = None  # recorded after that copy
-    _reader: Callable[[], list[int]] | None = None  # the step wrote its picks to the host itself
 
     @classmethod
-    def start(cls, seqs, positions, logits, greedy, picks, pick_rows, *, speculative, t_start,
-              reader=None) -> PendingStep:  # fmt: skip
-        """Queue the copy of the greedy rows' `picks` to the host (none when no row is greedy, or when the
-        step writes them there itself: `reader` returns them, engine/step_io.py)."""
+    def start(cls, seqs, positions, logits, greedy, picks, pick_rows, *, speculative, t_start) -> PendingStep:
+        """Queue the copy of the greedy rows' `picks` to the host (none when no row is greedy)."""
         picks = picks if any(greedy) else None
         step = cls(seqs, positions, logits, greedy, picks, pick_rows, speculative, t_start)
-        if picks is not None and reader is not None:
-            step._reader = reader
-        elif picks is not None and picks.is_cuda:
+        if picks is not None and picks.is_cuda:
             step._host = torch.empty(picks.shape, dtype=picks.dtype, pin_memory=True)
             step._host.copy_(picks, non_blocking=True)
             step._ready = torch.cuda.Event()
@@ -87,12 +81,9 @@ class PendingStep:
         if self.picks is None:
             return [None] * len(self.seqs)
         t = time.perf_counter()
-        if self._reader is not None:
-            ids = self._reader()
-        else:
-            if self._ready is not None:
-                self._ready.synchronize()
-            ids = self._host.tolist()
+        if self._ready is not None:
+            self._ready.synchronize()
+        ids = self._host.tolist()
         self.wait_s += time.perf_counter() - t
         return [ids[r] if g else None for r, g in zip(self.pick_rows, self.greedy)]
 
@@ -107,13 +98,12 @@ def launch_step(model, kv, decoder, seqs, tokens, positions: list[int], *, specu
     slots, pos = torch.tensor(slot_ids), torch.tensor(positions)
     biases = [s.params.logit_bias if batch_greedy(s) else None for s in seqs]
     greedy = [b is not None for b in biases]
-    reader = None
     if decoder is not None:
         want_logits = not all(greedy) or any(s.params.logprobs for s in seqs)
         logits = decoder.launch(slots, tokens, pos, biases, logits=want_logits)
-        picks, pick_rows, reader = decoder.picks, slot_ids, getattr(decoder, "picks_reader", None)
+        picks, pick_rows = decoder.picks, slot_ids
     else:
         logits = decode_step(model, kv, slots, tokens, pos)
         picks, pick_rows = greedy_ids(logits, biases) if any(greedy) else None, list(range(len(seqs)))
     return PendingStep.start(seqs, positions, logits, greedy, picks, pick_rows, speculative=speculative,
-                             t_start=start, reader=reader)  # fmt: skip
+                             t_start=start)  # fmt: skip

@@ -17,7 +17,6 @@ import torch
 
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.slot_picks import SlotPicks
-from pixdesk.engine.step_io import StepIO
 from pixdesk.model.layers import gqa_decode
 from pixdesk.model.quant_ops import linear_partials, sum_partials
 from pixdesk.model.rope import rope_tables, text_angles
@@ -32,9 +31,6 @@ from pixdesk.model.rope import rope_tables, text_angles
 LAYER_REGIONS = True
 # The residual add + RMSNorm of the kernel layer as decode_norm's single-pass kernel (off: Inductor's).
 FUSED_NORM = True
-# Replayed steps read their inputs from and write their picks to pinned memory with their own kernels
-# (engine/step_io.py; off: a copy each way between two steps).
-STEP_IO = True
 
 
 def _kernel_available(device: torch.device) -> bool:
@@ -228,13 +224,9 @@ class StaticDecoder:
         # buffer, filled from one pinned host buffer with one copy per step: no blocking transfers or small
         # kernels before the replay. The step ends with every slot's greedy pick (engine/slot_picks.py).
         n, pinned = cache.n_slots, device.type == "cuda"
-        self.use_graphs = self.compile and device.type == "cuda"
         self._staging = torch.zeros(4, n, dtype=torch.long, pin_memory=pinned)
         self._io = torch.zeros(4, n, dtype=torch.long, device=device)
         self._copied = torch.cuda.Event() if pinned else None
-        # replayed graphs read their inputs from, and write their picks to, pinned memory (engine/step_io.py)
-        self.step_io = StepIO(n, device) if self.use_graphs and STEP_IO else None
-        self.picks_reader = None  # after a launch through step_io: () -> that step's picks on the host
         self.tokens, self.positions, self._rows, self._from_picks = self._io.unbind(0)
         self.slot_picks = SlotPicks(n, model.args.text.vocab_size, device)
         self._slot_rows = torch.arange(n, device=device)
@@ -242,6 +234,7 @@ class StaticDecoder:
         self._fn = None
         self._zeros: torch.Tensor | None = None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.use_graphs = self.compile and device.type == "cuda"
         self._pool = None
 
     def bucket(self, longest: int) -> int:
@@ -290,13 +283,9 @@ class StaticDecoder:
     def _picked_step(self, tokens: torch.Tensor, positions: torch.Tensor, key_pos: torch.Tensor):
         """What a step runs (and a graph captures): flagged rows' tokens from the last picks, the compiled
         step, this step's picks."""
-        if self.step_io is not None:
-            self.step_io.load(self._io)
         self.slot_picks.feed(tokens, self._from_picks)
         logits = self._function()(tokens, positions, key_pos)
         self.slot_picks.pick(logits)
-        if self.step_io is not None:
-            self.step_io.store(self.picks)
         return logits
 
     def _function(self):
@@ -350,13 +339,10 @@ class StaticDecoder:
         the step itself, so no device->host trip and no extra device op separates two steps.
         """
         slots, positions = slots.cpu(), positions.cpu()
-        io, step = self.step_io, None
-        if io is not None:
-            step = io.begin()
-        elif self._copied is not None:
+        if self._copied is not None:
             self._copied.synchronize()  # the previous step's copy has left the pinned buffer
         self.slot_picks.set_biases(slots.tolist(), biases or [None] * len(slots))
-        staged = io.inputs if io is not None else self._staging
+        staged = self._staging
         staged[0].zero_()
         staged[1].fill_(self.cache.scratch_position)
         staged[3].zero_()
@@ -366,19 +352,13 @@ class StaticDecoder:
             staged[0, slots] = tokens.cpu()
         staged[1, slots] = positions
         staged[2, : len(slots)] = slots
-        if io is not None:
-            io.stage(step)
-        else:
-            self._io.copy_(staged, non_blocking=True)
-            if self._copied is not None:
-                self._copied.record()
+        self._io.copy_(staged, non_blocking=True)
+        if self._copied is not None:
+            self._copied.record()
         bucket = self.bucket(int(positions.max()) + 1)
         if self.use_graphs:
             graph, out = self._graph(bucket)
             graph.replay()
-            if io is not None:
-                io.launched(step)
-                self.picks_reader = functools.partial(io.picks, step)
         else:
             out = self._picked_step(self.tokens, self.positions, self._key_pos(bucket))
         # a copy: the next step overwrites the graph's output buffer
