@@ -5,7 +5,9 @@ either side and by the host calls in progress when each gap ended (what the devi
     PYTHONPATH=. python3 bench/engine_gaps.py [--quant int4|int8|none] [--gap-us US]
 
 --gap-us 1 shows the short idle stretches between two decode steps (the step's copies, the graph launch);
-each (before -> after) pair is listed with its count and total time.
+each (before -> after) pair is listed with its count and total time. First, unprofiled: each replayed step's
+device time inside the engine (CUDA events around `graph.replay()`) and the time from one step's start to
+the next, against the same graph replayed back to back.
 """
 
 from __future__ import annotations
@@ -36,6 +38,56 @@ def host_calls_at(prof, moments: list[float]) -> Counter:
     return Counter(name for t in moments for a, b, name in host if a <= t <= b)
 
 
+class TimedGraph:
+    """A decode graph whose replays record CUDA events around themselves."""
+
+    def __init__(self, graph):
+        self.graph, self.marks = graph, []
+
+    def replay(self) -> None:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        self.graph.replay()
+        end.record()
+        self.marks.append((start, end))
+
+
+def step_times(eng, prompt) -> None:
+    """One request with every decode graph timed: the steps' device time in the engine, the period between
+    their starts, and back-to-back replays of the same graph."""
+    import statistics
+
+    decoder = eng.scheduler.decoder
+    plain = dict(decoder.graphs)
+    timed = {bucket: TimedGraph(graph) for bucket, (graph, _) in plain.items()}
+    decoder.graphs.update({bucket: (timed[bucket], out) for bucket, (_, out) in plain.items()})
+    try:
+        run = timed_run(eng, prompt, 129)
+        torch.cuda.synchronize()
+    finally:
+        decoder.graphs.update(plain)
+    marks = [m for t in timed.values() for m in t.marks]
+    if len(marks) < 3:
+        return
+    first = marks[0][0]
+    marks.sort(key=lambda m: first.elapsed_time(m[0]))
+    inside = [s.elapsed_time(e) for s, e in marks]
+    period = [a[0].elapsed_time(b[0]) for a, b in zip(marks, marks[1:])]
+    graph = next(t.graph for t in timed.values() if t.marks)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(100):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    print(f"{len(marks)} steps: device time a step in the engine {statistics.median(inside):.3f} ms median "
+          f"({min(inside):.3f} min, {statistics.mean(inside):.3f} mean), start to start "
+          f"{statistics.median(period):.3f} ms median ({statistics.mean(period):.3f} mean); "
+          f"back-to-back replays {start.elapsed_time(end) / 100:.3f} ms; "
+          f"client {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quant", choices=["none", "int8", "int4"], default="int4")
@@ -49,6 +101,8 @@ def main() -> None:
     for _ in range(2):
         run = timed_run(eng, prompt, 129)
     print(f"{args.quant} b1 unprofiled: {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)
+    if DEVICE == "cuda" and eng.scheduler.decoder is not None and eng.scheduler.decoder.graphs:
+        step_times(eng, prompt)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:  # fmt: skip
         run = timed_run(eng, prompt, 129)
