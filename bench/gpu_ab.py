@@ -21,7 +21,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              layer_regions: bool = True, dense_gemv: bool = False, gemv_shapes=(), pdl: bool = True,
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
-             one_row_splits: dict | None = None, reduce_in_gemv: bool = True, silu_in_down: bool = True,
+             one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
              attention: str = "kernel",
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
@@ -52,7 +52,6 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         int4_mma.PINNED.update({**_DEFAULT_PINNED["configs"], **(pinned_configs or {})})
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
-        quant_ops.SILU_IN_DOWN = silu_in_down
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
         da.PARTIAL_LAUNCH.clear()
         da.PARTIAL_LAUNCH.update(launch)
@@ -96,8 +95,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
-    # int4 at one row: SiLU x up as a kernel of its own between gate|up and down (int4_fused.feed_forward off)
-    "silu_apart": _variant(silu_in_down=False),
 }
 
 

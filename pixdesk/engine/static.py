@@ -119,16 +119,7 @@ def _kernel_layer(layer, x, branch, cos, sin, kc, vc, positions, lengths, n_keys
     q = _project_rotate_write(a, normed, cos.reshape(B, -1), sin.reshape(B, -1), kc, vc, positions)
     attended = torch.ops.pixdesk.decode_attention(q, kc, vc, lengths, n_keys)  # (B, H, D)
     h, normed = _add_norm(x, linear_partials(a.wo, attended.reshape(B, -1)), fn)
-    return h[:, None], _feed_forward(ff, normed)
-
-
-def _feed_forward(ff, x: torch.Tensor) -> torch.Tensor:
-    """x (B, dim) -> the feed-forward branch as the down projection's partials: int4 at one row as the gate|up
-    GEMV, then down computing SiLU x up from its partials (quant.Int4Linear.after_gate_up), else the hidden
-    activations (ff.hidden), then down."""
-    gate_up, fused = getattr(ff, "w13", None), getattr(ff.w2, "after_gate_up", None)
-    out = fused(gate_up, x) if fused is not None and gate_up is not None else None
-    return out if out is not None else linear_partials(ff.w2, ff.hidden(x))
+    return h[:, None], linear_partials(ff.w2, ff.hidden(normed))
 
 
 def _project_rotate_write(attention, x, cos, sin, kc, vc, positions) -> torch.Tensor:

@@ -11,9 +11,6 @@ counter for the next call (so a CUDA graph replays it). Three forms:
   program's 128 rows are one head (head_dim 128), and RoPE pairs (2i, 2i + 1) lie inside it; the
   rope_cache_write kernel is gone (7.18 + 2.28 -> 8.56 us a layer in a graph chain, bench/fused_chain.py).
   On: quant_ops.FUSED_ROPE.
-- `reduced_from_gate_up`: the down projection reading a gate|up GEMV's fp32 partials as its input, SiLU x
-  up computed in its input loads (int4_mma._gate_up_x): silu_mul's kernel is gone. On:
-  quant_ops.SILU_IN_DOWN (`feed_forward`).
 - `gated`: gate|up -> silu(gate) * up. A program's 128 rows are 64 gate rows interleaved with the matching
   up rows, so its epilogue holds both factors. Measured slower than the GEMV + silu_mul (29.35 against
   24.97 + 1.21 us): off, quant_ops.FUSED_GATED.
@@ -144,11 +141,10 @@ def _qkv_rope(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, cos_ptr, sin_ptr, q_pt
             _store_rope(total, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kt, H, HKV, BLOCK_N)
 
 
-def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.device, **extra) -> None:
-    """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned; `extra`:
-    more compile-time constants."""
+def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.device) -> None:
+    """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned."""
     use_pdl = pdl.enabled(device)
-    consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, **pdl.launch(use_pdl), **extra}
+    consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, **pdl.launch(use_pdl)}
     pinned = int4_mma._pinned(N, K, device)
     if pinned is None:
         kernel[grid](*args, **consts)
@@ -159,17 +155,11 @@ def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.dev
 
 def _geometry(x: torch.Tensor, qweight, scales, mins, split: int | None) -> tuple:
     """Checks -> (N, K, the K splits S, the GEMV's launch arguments after its outputs)."""
-    return _row_geometry(x.shape, x.dtype, x.device, qweight, scales, mins, split)
-
-
-def _row_geometry(shape, dtype, device, qweight, scales, mins, split: int | None) -> tuple:
-    """_geometry for an input row of this shape and dtype (which need not exist as a tensor)."""
-    K, N = shape[1], qweight.shape[0]
+    K, N = x.shape[1], qweight.shape[0]
     group = K // scales.shape[1]
-    one_row = shape[0] == 1 and dtype == torch.bfloat16 and group == int4_mma.GROUP
-    if not one_row or K % int4_mma.GROUP or not int4_mma.aligned(scales, mins):
-        raise ValueError(f"the fused int4 GEMVs take one bf16 row and group size 128, got {tuple(shape)}")
-    S = split or splits(N, K, int4_mma.GROUP, 1, device)
+    if not int4_mma.supported(x, group) or K % int4_mma.GROUP or not int4_mma.aligned(scales, mins):
+        raise ValueError(f"the fused int4 GEMVs take one bf16 row and group size 128, got {tuple(x.shape)}")
+    S = split or splits(N, K, int4_mma.GROUP, 1, x.device)
     if S > 1 and triton.cdiv(N, int4_mma.BLOCK_N) > COUNTERS:
         raise ValueError(f"a split GEMV of {N} rows needs more than the {COUNTERS} block counters")
     NG = K // int4_mma.GROUP
@@ -211,11 +201,11 @@ def qkv_rope(x: torch.Tensor, qweight, scales, mins, cos, sin, keys, values, pos
 @triton.jit
 def _reduced(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, out_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
              BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-             STAGES: tl.constexpr, X_NP: tl.constexpr = 0, X_H: tl.constexpr = 0):  # fmt: skip
+             STAGES: tl.constexpr):  # fmt: skip
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1)
     out = int4_mma._split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-                                  BLOCK_N, USE_PDL, PREFETCH, STAGES, X_NP, X_H)  # fmt: skip
+                                  BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
     if NSPLIT == 1:
         tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
     else:
@@ -234,51 +224,3 @@ def reduced(x: torch.Tensor, qweight, scales, mins, split: int | None = None) ->
     _launch(_reduced, (blocks, S), (x, qweight, scales, mins, y, _counters(x.device), out, *shared), N, K, S,
             x.device)  # fmt: skip
     return out
-
-
-def reduced_from_gate_up(parts: torch.Tensor, qweight, scales, mins, split: int | None = None):
-    """parts (S, 1, 2H) fp32, a gate|up GEMV's K-split partials -> down(silu(gate) * up) (1, 1, N) bf16 with
-    an int4 down weight (N, H): `reduced` whose input loads compute silu(gate) * up (the same bits as
-    silu_mul_partials, then `reduced`)."""
-    S_in, rows, two_h = parts.shape
-    if rows != 1 or two_h % 2 or parts.dtype != torch.float32 or not parts.is_contiguous():
-        raise ValueError(f"reduced_from_gate_up takes contiguous fp32 (S, 1, 2H), got {tuple(parts.shape)}")
-    row = (1, two_h // 2)  # the input row of down it computes
-    N, K, S, shared = _row_geometry(row, torch.bfloat16, parts.device, qweight, scales, mins, split)
-    blocks = triton.cdiv(N, int4_mma.BLOCK_N)
-    out = torch.empty(1, 1, N, dtype=torch.bfloat16, device=parts.device)
-    y = torch.empty(S, blocks * int4_mma.BLOCK_N, dtype=torch.float32, device=parts.device)
-    args = (parts, qweight, scales, mins, y, _counters(parts.device), out, *shared)
-    _launch(_reduced, (blocks, S), args, N, K, S, parts.device, X_NP=S_in, X_H=K)
-    return out
-
-
-@torch.library.custom_op("pixdesk::int4_feed_forward", mutates_args=())
-def feed_forward(
-    x: torch.Tensor,
-    gu_qweight: torch.Tensor,
-    gu_scales: torch.Tensor,
-    gu_mins: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    mins: torch.Tensor,
-) -> torch.Tensor:
-    """x (1, dim) bf16 -> down(silu(gate) * up) (1, 1, dim) bf16 through int4 gate|up and down weights: the
-    gate|up GEMV's partials, then `reduced_from_gate_up` (two kernels where there were three), or where the
-    scales are not 4-byte aligned (the mma GEMV reads them as words) the unfused kernels."""
-    from pixdesk.model import quant_ops
-    from pixdesk.model.silu_mul import silu_mul_partials
-
-    if all(int4_mma.aligned(s, m) for s, m in ((gu_scales, gu_mins), (scales, mins))):
-        parts = int4_mma.int4_gemv_mma(x, gu_qweight, gu_scales, gu_mins)
-        if parts.dtype == torch.float32:  # K-split partials (one unsplit part comes in x's dtype)
-            return reduced_from_gate_up(parts.contiguous(), qweight, scales, mins)
-        hidden = silu_mul_partials(parts, x.dtype)
-    else:
-        hidden = quant_ops.int4_gated_op(x, gu_qweight, gu_scales, gu_mins, int4_mma.GROUP)
-    return quant_ops.int4_linear_partials(hidden, qweight, scales, mins, int4_mma.GROUP)
-
-
-@feed_forward.register_fake
-def _(x, gu_qweight, gu_scales, gu_mins, qweight, scales, mins):
-    return x.new_empty(1, 1, qweight.shape[0])

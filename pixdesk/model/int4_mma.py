@@ -133,47 +133,20 @@ def _load_sm(s_ptr, m_ptr, sm_rows, sg):
 
 
 @triton.jit
-def _gate_up_x(p_ptr, cols, X_NP: tl.constexpr, X_H: tl.constexpr):
-    """silu(gate) * up at `cols` (bf16) from X_NP fp32 K-split partials (X_NP, 2 X_H) of a gate|up product,
-    summed and rounded as silu_mul._silu_mul does (so the same bits as that kernel's output)."""
-    gate = tl.load(p_ptr + cols)
-    up = tl.load(p_ptr + X_H + cols)
-    for i in tl.static_range(1, X_NP):
-        gate += tl.load(p_ptr + i * 2 * X_H + cols)
-        up += tl.load(p_ptr + i * 2 * X_H + X_H + cols)
-    gate, up = gate.to(tl.bfloat16).to(tl.float32), up.to(tl.bfloat16).to(tl.float32)
-    silu = (gate / (1.0 + tl.exp(-gate))).to(tl.bfloat16).to(tl.float32)
-    return (silu * up).to(tl.bfloat16)
-
-
-@triton.jit
-def _x16(x_ptr, cols, X_NP: tl.constexpr, X_H: tl.constexpr):
-    """16 inputs at `cols`: x itself, or with X_NP > 0 computed from gate|up partials (_gate_up_x)."""
-    if X_NP == 0:
-        return tl.load(x_ptr + cols)
-    else:
-        return _gate_up_x(x_ptr, cols, X_NP, X_H)
-
-
-@triton.jit
-def _load_x(x_ptr, rw, g, X_NP: tl.constexpr = 0, X_H: tl.constexpr = 0):
-    """Group g's 128 inputs as four (16,) vectors: the pairs that nibble pairs j = 0..3 of word w multiply.
-    X_NP > 0: x_ptr holds a gate|up product's fp32 partials and the inputs are silu(gate) * up."""
-    c = g * 128 + rw
-    x0, x1 = _x16(x_ptr, c, X_NP, X_H), _x16(x_ptr, c + 16, X_NP, X_H)
-    x2, x3 = _x16(x_ptr, c + 32, X_NP, X_H), _x16(x_ptr, c + 48, X_NP, X_H)
-    x4, x5 = _x16(x_ptr, c + 64, X_NP, X_H), _x16(x_ptr, c + 80, X_NP, X_H)
-    x6, x7 = _x16(x_ptr, c + 96, X_NP, X_H), _x16(x_ptr, c + 112, X_NP, X_H)
+def _load_x(x_ptr, rw, g):
+    """Group g's 128 inputs as four (16,) vectors: the pairs that nibble pairs j = 0..3 of word w multiply."""
+    xg = x_ptr + g * 128 + rw
+    x0, x1, x2, x3 = tl.load(xg), tl.load(xg + 16), tl.load(xg + 32), tl.load(xg + 48)
+    x4, x5, x6, x7 = tl.load(xg + 64), tl.load(xg + 80), tl.load(xg + 96), tl.load(xg + 112)
     return _x_pair(x0, x4), _x_pair(x1, x5), _x_pair(x2, x6), _x_pair(x3, x7)
 
 
 @triton.jit
-def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g, SWG, SSG, X_NP: tl.constexpr = 0,
-                X_H: tl.constexpr = 0):  # fmt: skip
+def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g, SWG, SSG):
     """Group g's loads: the rows' words (BLOCK_N, 16), scales and minimums (BLOCK_N,) fp32, and its 128
     inputs as the four (16,) vectors of pairs that nibble pairs j = 0..3 of word w multiply."""
     s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG)
-    xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g, X_NP, X_H)
+    xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
     return tl.load(w_rows + g * SWG), s, m, xp0, xp1, xp2, xp3
 
 
@@ -245,11 +218,10 @@ def _prune(configs, named_args, **kwargs):
 @triton.jit
 def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
                    BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-                   STAGES: tl.constexpr, X_NP: tl.constexpr = 0, X_H: tl.constexpr = 0):  # fmt: skip
+                   STAGES: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's `rows` (BLOCK_N,) (each < N) over the groups of split
     program_id(1) -> fp32 sums (BLOCK_N,). Waits for the previous kernel (PDL, pdl.py) after loading what
-    no kernel writes: with the register prefetch, the first group's weights. X_NP > 0: x is silu(gate) * up
-    of the X_NP fp32 partials (X_NP, 2 X_H) at x_ptr (_load_x)."""
+    no kernel writes: with the register prefetch, the first group's weights."""
     rw = tl.arange(0, 16)
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
@@ -273,19 +245,19 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
             g = g_lo + i
             sg = sm_rows + g * SSG
             s0, m0 = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)
-            xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g, X_NP, X_H)
+            xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
             acc = _group(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s0, m0, acc)
     elif PREFETCH:  # each step issues the next group's loads before the mma of this one
-        xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo, X_NP, X_H)
+        xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo)
         for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
             g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
-            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next, SWG, SSG, X_NP, X_H)
+            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next, SWG, SSG)
             acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
             word, s, m, xp0, xp1, xp2, xp3 = nxt
     else:
         for i in range(0, g_hi - g_lo):
             word, s, m, xp0, xp1, xp2, xp3 = _load_group(
-                x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i, SWG, SSG, X_NP, X_H
+                x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i, SWG, SSG
             )
             acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
     out = tl.sum(acc, axis=1)

@@ -196,13 +196,6 @@ class Int4Linear(nn.Module):
         weight = (self.qweight, self.scales, self.mins, self.group_size)
         return quant_ops.int4_qkv_rope(x, *weight, cos, sin, keys, values, positions, n_heads)
 
-    def after_gate_up(self, gate_up, x) -> torch.Tensor | None:
-        """As a down projection: one row x through the fused gate|up `gate_up`, SiLU x up, then this ->
-        (1, 1, N), in two kernels (quant_ops.int4_feed_forward); or None where that does not apply."""
-        if self.cuda_pack is not None or not isinstance(gate_up, Int4Linear) or gate_up.cuda_pack is not None:
-            return None
-        return quant_ops.int4_feed_forward(x, gate_up, self)
-
     def _forward_cpu(self, x: torch.Tensor) -> torch.Tensor:
         """Decode rows through torch's CPU int4 kernel (bf16 activations, its own packed copy); prefill and
         group sizes it lacks (tiny test models) multiply by the dequantized weight (quant_ops says why)."""

@@ -40,9 +40,6 @@ FUSED_GATED = False
 # reading 8 fp32 rows was most of its time) instead of S fp32 rows. H200, session 12 (`--stage ab`): engine
 # b1 316.8 -> 324.3 tok/s, step replay 3.074 -> 3.004 ms, same greedy ids; 334.1 with down at 16 splits.
 REDUCE_IN_GEMV = True
-# int4 at one row: the down projection reads gate|up's K-split partials and computes SiLU x up in its input
-# loads (int4_fused.feed_forward): the silu_mul kernel between the two GEMVs is gone.
-SILU_IN_DOWN = True
 # (Not for gate|up: its partials summed in-kernel ahead of silu_mul.py measured slower, H200 session 13:
 # 333.7 -> 327.9 tok/s; bench/NOTES.md.)
 # 2..8 bf16 rows with groups of 128 through the tensor-core GEMV with one mma column a row
@@ -335,24 +332,6 @@ def int4_qkv_rope(x, qweight, scales, mins, group: int, cos, sin, keys, values, 
         return None
     return int4_qkv_rope_op(x.reshape(1, -1).contiguous(), qweight, scales, mins, cos, sin, keys, values,
                             positions, n_heads)  # fmt: skip
-
-
-def int4_feed_forward(x, gate_up, down) -> torch.Tensor | None:
-    """x (1, dim) through int4 gate|up and down linears -> the down projection's output (1, 1, dim), as two
-    kernels (int4_fused.feed_forward) where that applies: SILU_IN_DOWN and REDUCE_IN_GEMV on, FUSED_GATED
-    off, one bf16 CUDA row, groups of 128; else None. Only tensor properties decide (the compiled step)."""
-    kernels = _kernels()
-    if not (SILU_IN_DOWN and REDUCE_IN_GEMV and INT4_MMA and not FUSED_GATED and kernels is not None):
-        return None
-    group = gate_up.group_size
-    if not x.is_cuda or x.numel() != gate_up.in_features or down.group_size != group:
-        return None
-    if not kernels[2].supported(x.reshape(1, -1), group):
-        return None
-    from pixdesk.model import int4_fused
-
-    weights = (gate_up.qweight, gate_up.scales, gate_up.mins, down.qweight, down.scales, down.mins)
-    return int4_fused.feed_forward(x.reshape(1, -1).contiguous(), *weights)
 
 
 def int4_cpu_pack(

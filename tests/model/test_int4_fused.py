@@ -89,31 +89,6 @@ REDUCED = textwrap.dedent(
 )
 
 
-FROM_GATE_UP = textwrap.dedent(
-    """
-    import torch
-    from pixdesk.model import int4_fused, int4_mma, quant
-    from pixdesk.model.silu_mul import silu_mul_partials
-    g = torch.Generator().manual_seed(6)
-    for n, h, s_in in ((200, 512, 4), (130, 256, 2)):  # a block ending mid-program; 2 and 4 gate|up splits
-        down = quant.Int4Linear.from_float(torch.randn(n, h, generator=g) * h**-0.5)
-        parts = torch.randn(s_in, 1, 2 * h, generator=g)
-        for split in (1, 2):
-            got = int4_fused.reduced_from_gate_up(parts, down.qweight, down.scales, down.mins, split=split)
-            hidden = silu_mul_partials(parts, torch.bfloat16)
-            ref = int4_fused.reduced(hidden, down.qweight, down.scales, down.mins, split=split)
-            assert got.shape == ref.shape == (1, 1, n) and got.dtype == torch.bfloat16
-            torch.testing.assert_close(got.float(), ref.float(), rtol=1e-2, atol=1e-2)
-            assert int(int4_fused._counters(parts.device).abs().sum()) == 0
-    print("ok")
-    """
-)
-
-
-def test_down_reading_gate_up_partials_in_the_interpreter():
-    assert run_in_interpreter(FROM_GATE_UP).startswith("ok")
-
-
 def test_reduced_gemv_in_the_interpreter():
     assert run_in_interpreter(REDUCED).startswith("ok")
 
@@ -169,23 +144,3 @@ def test_fused_epilogues_on_cuda_equal_the_unfused_kernels():
     got = int4_fused.reduced(x, qkv.qweight, qkv.scales, qkv.mins)  # the same splits: the same sum
     assert torch.equal(got[0], total.to(x.dtype))
     assert int(int4_fused._counters(x.device).abs().sum()) == 0
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernels need a CUDA device")
-def test_feed_forward_on_cuda_equals_the_three_kernels():
-    """The 12B's feed-forward at one row: gate|up's partials read by down with SiLU x up in its input loads,
-    the same bits as gate|up, silu_mul, then down."""
-    from pixdesk.model import int4_fused, int4_mma, quant
-    from pixdesk.model.silu_mul import silu_mul_partials
-
-    g = torch.Generator().manual_seed(7)
-    gate_up = quant.Int4Linear.from_float(torch.randn(2 * 14336, 5120, generator=g) * 5120**-0.5).cuda()
-    down = quant.Int4Linear.from_float(torch.randn(5120, 14336, generator=g) * 14336**-0.5).cuda()
-    for _ in range(3):
-        x = torch.randn(1, 5120, generator=g).to(torch.bfloat16).cuda()
-        got = int4_fused.feed_forward(x, gate_up.qweight, gate_up.scales, gate_up.mins, down.qweight,
-                                      down.scales, down.mins)  # fmt: skip
-        parts = int4_mma.int4_gemv_mma(x, gate_up.qweight, gate_up.scales, gate_up.mins)
-        ref = int4_fused.reduced(silu_mul_partials(parts, x.dtype), down.qweight, down.scales, down.mins)
-        assert torch.equal(got, ref)
-        assert int(int4_fused._counters(x.device).abs().sum()) == 0

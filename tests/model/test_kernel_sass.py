@@ -80,20 +80,3 @@ def test_int4_mma_rows_keeps_the_weight_tile_in_the_a_fragment_layout(tmp_path):
                                        tmp_path / "k.cubin"))  # fmt: skip
     ops = Counter(op.split(".")[0] for _, op in loop)
     assert ops["HMMA"] >= 1 and "BAR" not in ops
-
-
-@pytest.mark.parametrize("warps,prefetch,stages", [(8, True, 1), (4, False, 3)])
-def test_down_from_gate_up_kernel_compiles_for_sm90(warps, prefetch, stages):
-    """int4_fused._reduced reading gate|up's fp32 partials as its input (X_NP > 0), in down's pinned form and
-    the register-prefetch one: the interpreter checks no types, a compile for an H100/H200 target does."""
-    from bench import sass
-    from pixdesk.model import int4_fused
-
-    fn = int4_fused._reduced.fn
-    sig = {**sass.I4, "x_ptr": "*fp32", "cnt_ptr": "*i32", "out_ptr": "*bf16", "N": "i32", "KW": "i32",
-           "NG": "i32", "SPLIT_GROUPS": "i32", **sass.GM}  # fmt: skip
-    sig = {name: sig.get(name, "constexpr") for name in fn.arg_names}
-    consts = {"BLOCK_N": 128, "SSN": 1, "NSPLIT": 16, "USE_PDL": True, "PREFETCH": prefetch, "STAGES": stages,
-              "X_NP": 4, "X_H": 14336}  # fmt: skip
-    ptx = sass.compile_kernel(fn, sig, consts, ("N", "KW", *sass.GM_HINTED), 90, warps).asm["ptx"]
-    assert "ex2.approx" in ptx  # SiLU's exponential in the input loads
