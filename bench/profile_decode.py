@@ -2,7 +2,7 @@
 work, and the kernels that take the time (grouped by name, and by name after the kernel before it, which
 tells one GEMV kernel's linears apart: `_combine>_reduced` is wo, `_silu_mul>_reduced` the down projection).
 
-    PYTHONPATH=. python3 bench/profile_decode.py [--quant int8|int4] [--slots N] [--no-pdl]
+    PYTHONPATH=. python3 bench/profile_decode.py [--quant int8|int4] [--slots N] [--no-pdl] [--combine-columns N]
 
 --no-pdl: kernels launched plainly, so each kernel's time is its own (under PDL a kernel's time includes
 its wait for the one before).
@@ -14,6 +14,7 @@ import time
 import torch
 
 from bench.gpu_model import PIXTRAL_12B, random_model
+from pixdesk.engine import decode_attention
 from pixdesk.engine.cache import KVCache
 from pixdesk.engine.static import StaticDecoder
 from pixdesk.model import pdl
@@ -23,8 +24,11 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--quant", choices=["none", "int8", "int4"], default="none")
 ap.add_argument("--slots", type=int, default=1)
 ap.add_argument("--no-pdl", action="store_true")
+ap.add_argument("--combine-columns", type=int, help="decode_attention.COMBINE_COLUMNS (0: the whole head)")
 args = ap.parse_args()
 pdl.ENABLED = not args.no_pdl
+if args.combine_columns is not None:
+    decode_attention.COMBINE_COLUMNS = args.combine_columns or None
 m = random_model(PIXTRAL_12B, torch.bfloat16, "cuda")
 if args.quant != "none":
     quantize_model(m, QuantSpec(args.quant))

@@ -36,6 +36,7 @@ BLOCK_S = 64  # keys per inner step
 PROGRAMS_PER_SM = 4  # enough programs that every SM keeps several key slices in flight
 FIXED_SPLIT: int | None = None  # a fixed slice length (bench/kernels.py sweeps it); None: split_keys
 PARTIAL_LAUNCH: dict = {}  # num_warps / num_stages of the split kernel (bench/kernels.py sweeps them)
+COMBINE_COLUMNS: int | None = 32  # head columns a merge program takes (None: the whole head)
 
 
 def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
@@ -134,13 +135,14 @@ def _rope_write(qkv_ptr, part_stride, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, NSP: tl.constexpr,
+def _combine(o_ptr, m_ptr, l_ptr, out_ptr, n_splits, D: tl.constexpr, DC: tl.constexpr, NSP: tl.constexpr,
              USE_PDL: tl.constexpr):  # fmt: skip
-    """Merge one (row, query head)'s split partials: a softmax over splits weighted by their maxima."""
+    """Merge one (row, query head)'s split partials over DC of its D columns (program_id(1)): a softmax over
+    splits weighted by their maxima."""
     bh = tl.program_id(0)
     pdl.wait(USE_PDL)
     pdl.release(USE_PDL)
-    rs, rd = tl.arange(0, NSP), tl.arange(0, D)
+    rs, rd = tl.arange(0, NSP), tl.program_id(1) * DC + tl.arange(0, DC)
     ok = rs < n_splits
     m = tl.load(m_ptr + bh * n_splits + rs, mask=ok, other=float("-inf"))  # empty splits hold -inf
     l_part = tl.load(l_ptr + bh * n_splits + rs, mask=ok, other=0.0)
@@ -184,7 +186,9 @@ def decode_attention(
         SPLIT=split, BLOCK_S=min(PARTIAL_LAUNCH.get("block_s", BLOCK_S), split), ROW_SLOTS=slots is not None,
         USE_PDL=use_pdl, **{k: v for k, v in PARTIAL_LAUNCH.items() if k != "block_s"}, **pdl.launch(use_pdl),
     )  # fmt: skip
-    _combine[(B * H,)](partial, m, l_sum, out, n_splits, D=D, NSP=nsp, USE_PDL=use_pdl, **pdl.launch(use_pdl))
+    dc = COMBINE_COLUMNS if COMBINE_COLUMNS and D % COMBINE_COLUMNS == 0 else D
+    _combine[(B * H, D // dc)](partial, m, l_sum, out, n_splits, D=D, DC=dc, NSP=nsp, USE_PDL=use_pdl,
+                               **pdl.launch(use_pdl))  # fmt: skip
     return out
 
 

@@ -143,3 +143,7 @@ def test_split_kernel_compiles_for_sm90_in_every_form():
     for split, row_slots in itertools.product((64, 256), (False, True)):
         consts = dict(HKV=8, G=4, GP=16, D=128, SPLIT=split, BLOCK_S=64, ROW_SLOTS=row_slots, USE_PDL=True)
         sass.compile_kernel(da._partial, sig, consts, ("stride_kb", "stride_kt"), 90, 4)
+    merge = {"o_ptr": "*fp32", "m_ptr": "*fp32", "l_ptr": "*fp32", "out_ptr": "*bf16", "n_splits": "i32"}
+    merge = {n: merge.get(n, "constexpr") for n in da._combine.arg_names}
+    for dc in (32, 128):  # a merge program over part of a head's columns, and over all of them
+        sass.compile_kernel(da._combine, merge, dict(D=128, DC=dc, NSP=128, USE_PDL=True), (), 90, 4)
