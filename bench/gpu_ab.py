@@ -22,7 +22,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             attention: str = "kernel",
+             attention: str = "kernel", combine_columns: int | None = 32,
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
@@ -53,6 +53,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
+        da.COMBINE_COLUMNS = combine_columns
         da.PARTIAL_LAUNCH.clear()
         da.PARTIAL_LAUNCH.update(launch)
         int4_triton.ONE_ROW_SPLITS.clear()
@@ -95,6 +96,8 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
+    # decode attention's merge as one program a head (decode_attention.COMBINE_COLUMNS None), not 32 columns
+    "combine_head": _variant(combine_columns=None),
 }
 
 
