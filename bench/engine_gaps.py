@@ -19,6 +19,7 @@ import torch
 
 from bench.gpu import QUESTION, engine_for, timed_run
 from bench.gpu_busy import idle_gaps
+from bench.gpu_clocks import ClockSampler
 from bench.gpu_model import DEVICE, image_prompt, served_checkpoint
 
 GAP_US = 20.0
@@ -52,9 +53,10 @@ class TimedGraph:
         self.marks.append((start, end))
 
 
-def step_times(eng, prompt) -> None:
+def step_times(eng, prompt, label: str = "cached prefix") -> None:
     """One request with every decode graph timed: the steps' device time in the engine, the period between
-    their starts, and back-to-back replays of the same graph."""
+    their starts, and back-to-back replays of the same graph; then both per block of 16 steps (does the
+    step slow down right after a long prefill?)."""
     import statistics
 
     decoder = eng.scheduler.decoder
@@ -62,8 +64,9 @@ def step_times(eng, prompt) -> None:
     timed = {bucket: TimedGraph(graph) for bucket, (graph, _) in plain.items()}
     decoder.graphs.update({bucket: (timed[bucket], out) for bucket, (_, out) in plain.items()})
     try:
-        run = timed_run(eng, prompt, 129)
-        torch.cuda.synchronize()
+        with ClockSampler() as clocks:
+            run = timed_run(eng, prompt, 129)
+            torch.cuda.synchronize()
     finally:
         decoder.graphs.update(plain)
     marks = [m for t in timed.values() for m in t.marks]
@@ -81,11 +84,22 @@ def step_times(eng, prompt) -> None:
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    print(f"{len(marks)} steps: device time a step in the engine {statistics.median(inside):.3f} ms median "
+    print(f"{label}: {len(marks)} steps: device time a step in the engine {statistics.median(inside):.3f} ms median "
           f"({min(inside):.3f} min, {statistics.mean(inside):.3f} mean), start to start "
           f"{statistics.median(period):.3f} ms median ({statistics.mean(period):.3f} mean); "
           f"back-to-back replays {start.elapsed_time(end) / 100:.3f} ms; "
           f"client {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)  # fmt: skip
+    blocks = range(0, len(period), 16)
+    print("  per 16 steps, device ms: " + " ".join(f"{statistics.mean(inside[i:i + 16]):.3f}" for i in blocks))
+    print("  per 16 steps, start to start ms: " + " ".join(f"{statistics.mean(period[i:i + 16]):.3f}" for i in blocks))
+    print("  first 6 steps start to start ms: " + " ".join(f"{p:.3f}" for p in period[:6]), flush=True)
+    if clocks.samples:
+        t = run["times"]
+        during = [clocks.mean_mhz(t[i], t[min(i + 16, len(t) - 1)]) for i in range(0, len(t) - 1, 16)]
+        print(f"  SM MHz: prefill {clocks.mean_mhz(run['t0'], t[0]) or 0:.0f}; per 16 tokens "
+              + " ".join(f"{m or 0:.0f}" for m in during)
+              + f"; power-cap samples {sum(1 for s in clocks.samples if s[2] & 0x4)} of {len(clocks.samples)}",
+              flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -103,6 +117,8 @@ def main() -> None:
     print(f"{args.quant} b1 unprofiled: {128 / (run['times'][-1] - run['times'][0]):.1f} tok/s", flush=True)
     if DEVICE == "cuda" and eng.scheduler.decoder is not None and eng.scheduler.decoder.graphs:
         step_times(eng, prompt)
+        for seed in (40, 41):  # new images: the request's own 4,183-token prefill comes right before
+            step_times(eng, image_prompt(seed, QUESTION), f"fresh image {seed}")
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:  # fmt: skip
         run = timed_run(eng, prompt, 129)
