@@ -32,6 +32,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from source: `python bench/gpu.py` without an install
 
 from bench.gpu_ab import host_ms_per_step, stage_ab  # noqa: E402
+from bench.gpu_clocks import ClockSampler, run_clocks  # noqa: E402
 from bench.gpu_model import (  # noqa: E402
     DEVICE,
     IMAGE_GRID,
@@ -203,8 +204,14 @@ def engine_measurements(ckpt, res: dict, checkpoint) -> None:
     res["ttft_cold_ms_default_chunk"] = ttft_with_default_chunk(eng)
     checkpoint()
     before = eng.stats()
-    runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]
-    after = eng.stats()
+    with ClockSampler() as clocks:
+        runs = [timed_run(eng, image_prompt(20 + i, QUESTION), 129) for i in range(2)]
+        after = eng.stats()
+        # The last prompt again, its prefix cached: no long prefill right before the decode, so the power
+        # controller does not hold the SM clock down through its first tokens (bench/NOTES.md, session 16).
+        cached = timed_run(eng, image_prompt(21, QUESTION), 129)
+    res["decode_b1_sm_mhz"] = [run_clocks(clocks, r) for r in [*runs, cached]]
+    res["decode_tok_s_b1_cached_prefix"] = 128 / (cached["times"][-1] - cached["times"][0])
     # how many of the timed runs' decode steps were launched before the previous step's picks were read
     res["decode_b1_steps"] = after["decode_steps"] - before["decode_steps"]
     res["decode_b1_pipelined_steps"] = after["pipelined_steps"] - before["pipelined_steps"]

@@ -70,3 +70,13 @@ class ClockSampler:
         """The mean SM clock of the samples in [t0, t1]."""
         got = [mhz for t, mhz, _ in self.samples if t0 <= t <= t1]
         return sum(got) / len(got) if got else None
+
+
+def run_clocks(clocks: ClockSampler, run: dict, head: int = 16) -> dict | None:
+    """The mean SM clock of a timed run (bench/gpu.timed_run): over its prefill, its first `head` tokens
+    and the rest."""
+    t = run["times"]
+    if not clocks.samples or len(t) <= head:
+        return None
+    return {"prefill": clocks.mean_mhz(run["t0"], t[0]), f"first_{head}": clocks.mean_mhz(t[0], t[head]),
+            "rest": clocks.mean_mhz(t[head], t[-1])}  # fmt: skip
