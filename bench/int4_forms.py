@@ -1,0 +1,102 @@
+"""What bounds the one-row int4 mma GEMV (model/int4_mma.py): the same kernel with parts of its per-group PTX
+taken out, timed as the decode step runs it (40 distinct weights per decoder shape in a CUDA graph, the
+pinned configs and splits). The cut forms compute wrong sums; they exist to time, never to serve:
+
+    full       the kernel as it serves
+    no_x       without the second mma chain (A = ones: X, the inputs' sum a group, for the minimums)
+    no_int     without the integer work that turns nibbles into bf16 pairs (the words go to the mma as
+               they are)
+    loads      neither mma nor integer work: the words and inputs are XOR-ed into one value a call, so
+               the loads stay (the memory-side floor of the kernel's access pattern)
+
+Each form runs in its own process (the PTX is a constant the kernel is compiled with).
+
+    PYTHONPATH=. python3 bench/int4_forms.py            # prints a table, writes $OUT/int4_forms.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+FORMS = ("full", "no_x", "no_int", "loads")
+SHAPES = ((28672, 5120), (5120, 14336), (6144, 5120), (5120, 4096), (131072, 5120))
+NAMES = {(28672, 5120): "gate|up", (5120, 14336): "down", (6144, 5120): "q|k|v", (5120, 4096): "wo",
+         (131072, 5120): "LM head"}  # fmt: skip
+
+
+def cut(asm: str, form: str) -> str:
+    """The group PTX of int4_mma with `form`'s parts removed."""
+    lines = asm.split("\n")
+    if form == "no_x":
+        return "\n".join(ln for ln in lines if "{one, one, one, one}" not in ln)
+    if form == "no_int":
+        out = []
+        for ln in lines:
+            if ln.startswith("shr.u32 t,"):
+                continue
+            if ln.startswith("lop3.b32 a"):
+                dst, src = ln.split()[1].rstrip(","), ln.split()[2].rstrip(",")
+                src = "t" if src == "t" else src
+                out.append(f"mov.b32 {dst}, {src};" if src != "t" else f"mov.b32 {dst}, 0;")
+                continue
+            out.append(ln)
+        return "\n".join(out)
+    if form == "loads":
+        keep = [ln for ln in lines if not (ln.startswith(("lop3", "shr", "mma")))]
+        mix = ["xor.b32 t, $8, $9;"] + [f"xor.b32 t, t, ${i};" for i in range(10, 48)]
+        mix += ["and.b32 t, t, 1;", "cvt.rn.f32.u32 d0, t;"]
+        at = next(i for i, ln in enumerate(keep) if ln.startswith("add.f32"))
+        return "\n".join(keep[:at] + mix + keep[at:])
+    return asm
+
+
+def run_form(form: str) -> dict:
+    import torch
+    import triton.language as tl
+
+    from pixdesk.model import int4_mma
+
+    int4_mma._MMA_GROUP = tl.constexpr(cut(int4_mma._mma_group_asm(), form))  # before the first compile
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kernels import graph_time
+
+    from pixdesk.model.quant import Int4Linear
+
+    res = {}
+    for n, k in SHAPES:
+        count = 8 if n == 131072 else 40
+        lins = [Int4Linear.from_float(torch.randn(n, k, device="cuda") * k**-0.5) for _ in range(count)]
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        fn = lambda x=x, lins=lins: [int4_mma.int4_gemv_mma(x, m.qweight, m.scales, m.mins) for m in lins]  # noqa: E731
+        us = graph_time(fn) * 1e6 / count
+        nbytes = sum(m.qweight.numel() * m.qweight.element_size() + 2 * m.scales.numel() * 2 for m in lins[:1])
+        res[f"{n}x{k}"] = {"us": us, "TBps": nbytes / us / 1e6}
+        lins.clear()
+        torch.cuda.empty_cache()
+    return res
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--form":
+        print(json.dumps(run_form(sys.argv[2])))
+        return
+    table = {}
+    for form in FORMS:
+        proc = subprocess.run([sys.executable, __file__, "--form", form], capture_output=True, text=True)
+        if proc.returncode:
+            print(f"{form}: failed\n{proc.stderr[-3000:]}", flush=True)
+            continue
+        table[form] = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{form}: " + ", ".join(f"{NAMES[s]} {v['us']:.2f} us ({v['TBps']:.2f} TB/s)"
+                                       for s, v in zip(SHAPES, table[form].values())), flush=True)  # fmt: skip
+    out = Path(os.environ.get("OUT", "bench-out"))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int4_forms.json").write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
