@@ -8,6 +8,9 @@ pinned configs and splits). The cut forms compute wrong sums; they exist to time
                they are)
     loads      neither mma nor integer work: the words and inputs are XOR-ed into one value a call, so
                the loads stay (the memory-side floor of the kernel's access pattern)
+    no_small   the full arithmetic, but without the small loads of each group: the inputs, scales and
+               minimums are made from the group index instead (the weight tiles alone are read)
+    words      `loads` without the small loads: the weight tiles alone, XOR-ed
 
 Each form runs in its own process (the PTX is a constant the kernel is compiled with).
 
@@ -22,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-FORMS = ("full", "no_x", "no_int", "loads")
+FORMS = ("full", "no_x", "no_int", "loads", "no_small", "words")
 SHAPES = ((28672, 5120), (5120, 14336), (6144, 5120), (5120, 4096), (131072, 5120))
 NAMES = {(28672, 5120): "gate|up", (5120, 14336): "down", (6144, 5120): "q|k|v", (5120, 4096): "wo",
          (131072, 5120): "LM head"}  # fmt: skip
@@ -54,13 +57,34 @@ def cut(asm: str, form: str) -> str:
     return asm
 
 
+def _without_small_loads(int4_mma) -> None:
+    """Replaces the group's input and scale loads of the pipelined loop with values made from the group
+    index (before the first compile: Triton resolves the callees through the module's globals)."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def no_x(x_ptr, rw, g):
+        z = rw * 0 + g
+        return z, z + 1, z + 2, z + 3
+
+    @triton.jit
+    def no_sm_words(ptr, idx):
+        return (idx + 1).to(tl.float32)
+
+    int4_mma._load_x, int4_mma._load_bf16_as_words = no_x, no_sm_words
+
+
 def run_form(form: str) -> dict:
     import torch
     import triton.language as tl
 
     from pixdesk.model import int4_mma
 
-    int4_mma._MMA_GROUP = tl.constexpr(cut(int4_mma._mma_group_asm(), form))  # before the first compile
+    asm_form = {"no_small": "full", "words": "loads"}.get(form, form)
+    int4_mma._MMA_GROUP = tl.constexpr(cut(int4_mma._mma_group_asm(), asm_form))  # before the first compile
+    if form in ("no_small", "words"):
+        _without_small_loads(int4_mma)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from kernels import graph_time
 
