@@ -23,7 +23,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
              attention: str = "kernel", combine_columns: int | None = 32, combine_warps: int = 4,
-             norm_warps: int | None = None, silu_block: int = 512,
+             norm_warps: int | None = None, silu_block: int = 512, interleave_scales: bool = True,
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
@@ -37,7 +37,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         import pixdesk.engine.decode_norm as decode_norm
         import pixdesk.engine.static as static
         import pixdesk.model.dense_gemv as dense
-        from pixdesk.model import int4_fused, int4_mma, int4_triton, quant_ops, quant_triton, silu_mul
+        from pixdesk.model import int4_fused, int4_mma, int4_triton, quant, quant_ops, quant_triton, silu_mul
         from pixdesk.model import pdl as pdl_module
 
         torch.backends.cuda.preferred_blas_library(blas)
@@ -57,6 +57,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
         da.COMBINE_COLUMNS, da.COMBINE_WARPS = combine_columns, combine_warps
         decode_norm.WARPS, silu_mul.BLOCK = norm_warps, silu_block
+        quant.INTERLEAVE_SCALES = interleave_scales  # read when the next engine loads its model
         da.PARTIAL_LAUNCH.clear()
         da.PARTIAL_LAUNCH.update(launch)
         int4_triton.ONE_ROW_SPLITS.clear()
@@ -109,6 +110,8 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "norm_w4": _variant(norm_warps=4),
     "silu256": _variant(silu_block=256),
     "silu1024": _variant(silu_block=1024),
+    # int4 scales and minimums as two buffers, one 4-byte word each a load (before session 16)
+    "separate_scales": _variant(interleave_scales=False),
 }
 
 

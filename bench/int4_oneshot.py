@@ -44,7 +44,7 @@ def _words(w_rows, g, SWG):
 
 @triton.jit
 def _sum_group(x_ptr, s_ptr, m_ptr, sm_rows, rw, g, word, SSG, acc):
-    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG)
+    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG, False)
     xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
     return _group(word, xp0, xp1, xp2, xp3, s, m, acc)
 

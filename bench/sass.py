@@ -30,7 +30,7 @@ I4 = {"x_ptr": "*bf16", "w_ptr": "*u8", "s_ptr": "*bf16", "m_ptr": "*bf16", "y_p
 GM = {"SWN": "i32", "SWG": "i32", "SSN": "constexpr", "SSG": "i32"}
 GM_HINTED = ("SWN", "SWG", "SSG")
 MMA_FLAGS = {"BLOCK_N": "constexpr", "USE_PDL": "constexpr", "PREFETCH": "constexpr",
-             "STAGES": "constexpr"}  # fmt: skip
+             "STAGES": "constexpr", "PACKED": "constexpr"}  # fmt: skip
 KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multiples of 16, weights a thread
     # holds per loop iteration, warps)
     "int4 one row": (
@@ -48,20 +48,21 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
     "int4 mma one row": (  # the register-prefetch loop, 4 warps (one of the autotuned forms)
         int4_mma._gemv1_mma.fn,
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
-        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": True, "STAGES": 1},
+        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": True, "STAGES": 1, "PACKED": False},
         ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int4 mma one row, pipelined": (  # Triton's cp.async pipeline, 4 warps
         int4_mma._gemv1_mma.fn,
         {**I4, "N": "i32", "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, **MMA_FLAGS},
-        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": False, "STAGES": 3},
+        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "PREFETCH": False, "STAGES": 3, "PACKED": False},
         ("N", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int4 mma 8 rows": (  # one mma column an x row (the inputs packed as int32 pairs), 4 warps
         int4_mma_rows._gemv_rows_mma.fn,
         {"xp_ptr": "*i32", **{k: t for k, t in I4.items() if k != "x_ptr"}, "M": "i32", "N": "i32", "KP": "i32",
-         "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, "BLOCK_N": "constexpr", "USE_PDL": "constexpr", "STAGES": "constexpr"},
-        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "STAGES": 1},
+         "KW": "i32", "NG": "i32", "SPLIT_GROUPS": "i32", **GM, "BLOCK_N": "constexpr", "USE_PDL": "constexpr", "STAGES": "constexpr",
+         "PACKED": "constexpr"},
+        {"BLOCK_N": 128, "SSN": 1, "USE_PDL": True, "STAGES": 1, "PACKED": False},
         ("N", "KP", "KW", *GM_HINTED), 128 * 128 // 128, 4,
     ),
     "int8 one row": (

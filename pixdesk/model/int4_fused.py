@@ -91,10 +91,10 @@ def _store_silu(total, out_ptr, H, BLOCK_N: tl.constexpr):
 @triton.jit
 def _gated(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, out_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
            BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-           STAGES: tl.constexpr):  # fmt: skip
+           STAGES: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
     rows = _gated_rows(N, BLOCK_N)
     out = int4_mma._split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-                                  BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
+                                  BLOCK_N, USE_PDL, PREFETCH, STAGES, PACKED)  # fmt: skip
     if NSPLIT == 1:
         _store_silu(out, out_ptr, N // 2, BLOCK_N)
     else:
@@ -129,10 +129,10 @@ def _store_rope(total, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kt
 def _qkv_rope(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr,
               stride_kt, H, HKV, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG, BLOCK_N: tl.constexpr,
               NSPLIT: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-              STAGES: tl.constexpr):  # fmt: skip
+              STAGES: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     out = int4_mma._split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-                                  BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
+                                  BLOCK_N, USE_PDL, PREFETCH, STAGES, PACKED)  # fmt: skip
     if NSPLIT == 1:
         _store_rope(out, cos_ptr, sin_ptr, q_ptr, k_ptr, v_ptr, pos_ptr, stride_kt, H, HKV, BLOCK_N)
     else:
@@ -142,9 +142,12 @@ def _qkv_rope(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, cos_ptr, sin_ptr, q_pt
 
 
 def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.device) -> None:
-    """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned."""
+    """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned. args: x,
+    qweight, scales, mins first."""
     use_pdl = pdl.enabled(device)
-    consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, **pdl.launch(use_pdl)}
+    packed = int4_mma.interleaved(args[2], args[3])
+    consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, "PACKED": packed,
+              **pdl.launch(use_pdl)}  # fmt: skip
     pinned = int4_mma._pinned(N, K, device)
     if pinned is None:
         kernel[grid](*args, **consts)
@@ -201,11 +204,11 @@ def qkv_rope(x: torch.Tensor, qweight, scales, mins, cos, sin, keys, values, pos
 @triton.jit
 def _reduced(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, cnt_ptr, out_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
              BLOCK_N: tl.constexpr, NSPLIT: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-             STAGES: tl.constexpr):  # fmt: skip
+             STAGES: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(rn, N - 1)
     out = int4_mma._split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-                                  BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
+                                  BLOCK_N, USE_PDL, PREFETCH, STAGES, PACKED)  # fmt: skip
     if NSPLIT == 1:
         tl.store(out_ptr + rn, out.to(out_ptr.dtype.element_ty), mask=rn < N)
     else:

@@ -37,6 +37,7 @@ import triton.language as tl
 
 from pixdesk.model import pdl
 from pixdesk.model.int4_triton import int4_strides, splits
+from pixdesk.model.quant_ops import interleaved_scales
 from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
 GROUP = 128  # a group is 16 int32 words: 4 lanes of a quad x 4 words
@@ -128,8 +129,36 @@ def _load_bf16_as_words(ptr, idx):
 
 
 @triton.jit
-def _load_sm(s_ptr, m_ptr, sm_rows, sg):
+def _load_sm(s_ptr, m_ptr, sm_rows, sg, PACKED: tl.constexpr):
+    """The rows' scales and minimums of a group as fp32: one bf16x2 word a row where they are interleaved
+    (PACKED: quant.interleave_scales), else a 16-bit load each."""
+    if PACKED:
+        return _unpack_sm(_load_word(s_ptr.to(tl.pointer_type(tl.int32)) + (sm_rows + sg) // 2))
     return _load_bf16(s_ptr + sm_rows + sg), _load_bf16(m_ptr + sm_rows + sg)
+
+
+@triton.jit
+def _load_word(ptr):
+    """int32 at (BLOCK_N,) addresses, in the addresses' own layout (as _load_bf16)."""
+    if _ASM:
+        return tl.inline_asm_elementwise("ld.global.nc.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                         is_pure=True, pack=1)  # fmt: skip
+    return tl.load(ptr)
+
+
+@triton.jit
+def _load_sm_words(s_ptr, m_ptr, idx, PACKED: tl.constexpr):
+    """The same through 4-byte loads only (what cp.async copies): the bf16x2 word of both where interleaved,
+    else the word holding each."""
+    if PACKED:
+        return _unpack_sm(tl.load(s_ptr.to(tl.pointer_type(tl.int32)) + idx // 2))
+    return _load_bf16_as_words(s_ptr, idx), _load_bf16_as_words(m_ptr, idx)
+
+
+@triton.jit
+def _unpack_sm(word):
+    """An interleaved (scale, minimum) bf16x2 word -> both as fp32 (the scale in the low half)."""
+    return (word << 16).to(tl.float32, bitcast=True), (word & -65536).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -142,10 +171,10 @@ def _load_x(x_ptr, rw, g):
 
 
 @triton.jit
-def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g, SWG, SSG):
+def _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g, SWG, SSG, PACKED: tl.constexpr):
     """Group g's loads: the rows' words (BLOCK_N, 16), scales and minimums (BLOCK_N,) fp32, and its 128
     inputs as the four (16,) vectors of pairs that nibble pairs j = 0..3 of word w multiply."""
-    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG)
+    s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG, PACKED)
     xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
     return tl.load(w_rows + g * SWG), s, m, xp0, xp1, xp2, xp3
 
@@ -218,10 +247,11 @@ def _prune(configs, named_args, **kwargs):
 @triton.jit
 def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
                    BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-                   STAGES: tl.constexpr):  # fmt: skip
+                   STAGES: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's `rows` (BLOCK_N,) (each < N) over the groups of split
     program_id(1) -> fp32 sums (BLOCK_N,). Waits for the previous kernel (PDL, pdl.py) after loading what
-    no kernel writes: with the register prefetch, the first group's weights."""
+    no kernel writes: with the register prefetch, the first group's weights. PACKED: scales and minimums
+    interleaved (one word a row and group)."""
     rw = tl.arange(0, 16)
     g_lo = tl.program_id(1) * SPLIT_GROUPS
     g_hi = tl.minimum(g_lo + SPLIT_GROUPS, NG)
@@ -233,7 +263,7 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
     if PREFETCH and STAGES == 1:  # the first group's weights, scales and minimums: no kernel writes them
         g_first = tl.minimum(g_lo, NG - 1)  # an empty last split (NG < S * SPLIT_GROUPS) stays in bounds
         word = tl.load(w_rows + g_first * SWG)
-        s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_first * SSG)
+        s, m = _load_sm(s_ptr, m_ptr, sm_rows, g_first * SSG, PACKED)
     pdl.wait(USE_PDL)  # from here on the previous kernel's output (x) is complete
     pdl.release(USE_PDL)
     if STAGES > 1:
@@ -243,21 +273,20 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
         # tok/s, bench/NOTES.md session 14.)
         for i in tl.range(0, g_hi - g_lo, num_stages=STAGES):
             g = g_lo + i
-            sg = sm_rows + g * SSG
-            s0, m0 = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)
+            s0, m0 = _load_sm_words(s_ptr, m_ptr, sm_rows + g * SSG, PACKED)
             xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g)
             acc = _group(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s0, m0, acc)
     elif PREFETCH:  # each step issues the next group's loads before the mma of this one
         xp0, xp1, xp2, xp3 = _load_x(x_ptr, rw, g_lo)
         for i in range(0, g_hi - g_lo):  # from 0: Triton's interpreter wants plain bounds
             g_next = tl.minimum(g_lo + i + 1, g_hi - 1)  # the last step reloads its own group (unused)
-            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next, SWG, SSG)
+            nxt = _load_group(x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_next, SWG, SSG, PACKED)
             acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
             word, s, m, xp0, xp1, xp2, xp3 = nxt
     else:
         for i in range(0, g_hi - g_lo):
             word, s, m, xp0, xp1, xp2, xp3 = _load_group(
-                x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i, SWG, SSG
+                x_ptr, w_rows, s_ptr, m_ptr, sm_rows, rw, g_lo + i, SWG, SSG, PACKED
             )
             acc = _group(word, xp0, xp1, xp2, xp3, s, m, acc)
     out = tl.sum(acc, axis=1)
@@ -271,13 +300,13 @@ def _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, rows, NG, SPLIT_GROUPS, SWN, SWG,
 @triton.jit
 def _gemv1_mma(x_ptr, w_ptr, s_ptr, m_ptr, y_ptr, N, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
                BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, PREFETCH: tl.constexpr,
-               STAGES: tl.constexpr):  # fmt: skip
+               STAGES: tl.constexpr, PACKED: tl.constexpr):  # fmt: skip
     """One row x (1, K) bf16 @ the int4 weight's rows [pid0 * BLOCK_N, +BLOCK_N) over the groups of split
     pid1 -> y[pid1, rows] (fp32 partials, or y's dtype when unsplit). Rows past N read row N - 1 (their sums
     are not stored)."""
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     out = _split_partial(x_ptr, w_ptr, s_ptr, m_ptr, tl.minimum(rn, N - 1), NG, SPLIT_GROUPS, SWN, SWG, SSN,
-                         SSG, BLOCK_N, USE_PDL, PREFETCH, STAGES)  # fmt: skip
+                         SSG, BLOCK_N, USE_PDL, PREFETCH, STAGES, PACKED)  # fmt: skip
     tl.store(y_ptr + tl.program_id(1) * N + rn, out.to(y_ptr.dtype.element_ty), mask=rn < N)
 
 
@@ -287,8 +316,14 @@ def supported(x: torch.Tensor, group: int) -> bool:
 
 
 def aligned(scales: torch.Tensor, mins: torch.Tensor) -> bool:
-    """The pipelined loop reads scales and minimums as 4-byte words."""
-    return scales.data_ptr() % 4 == 0 and mins.data_ptr() % 4 == 0
+    """The pipelined loop reads scales and minimums as 4-byte words: each buffer 4-byte aligned, or the two
+    interleaved (one word a row and group)."""
+    return interleaved(scales, mins) or (scales.data_ptr() % 4 == 0 and mins.data_ptr() % 4 == 0)
+
+
+def interleaved(scales: torch.Tensor, mins: torch.Tensor) -> bool:
+    """Are scales and minimums the halves of one bf16x2 word a (row, group)? (quant_ops.interleaved_scales)"""
+    return interleaved_scales(scales, mins)
 
 
 def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
@@ -305,12 +340,13 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     strides = int4_strides(qweight, scales)
     args = (x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides)
     pinned = _pinned(N, K, x.device)
+    packed = interleaved(scales, mins)
     if pinned is None:
-        _gemv1_mma[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, **pdl.launch(use_pdl))
+        _gemv1_mma[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, PACKED=packed, **pdl.launch(use_pdl))
     else:
         warps, prefetch, stages = pinned
         _gemv1_mma.fn[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, PREFETCH=prefetch, STAGES=stages,
-                            num_warps=warps, **pdl.launch(use_pdl))  # fmt: skip
+                            PACKED=packed, num_warps=warps, **pdl.launch(use_pdl))  # fmt: skip
     return y
 
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from pixdesk.model import int4_mma, pdl
-from pixdesk.model.int4_mma import _load_bf16_as_words, _load_sm
+from pixdesk.model.int4_mma import _load_sm, _load_sm_words
 from pixdesk.model.int4_triton import int4_strides, splits
 from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
@@ -86,7 +86,8 @@ def _prune(configs, named_args, **kwargs):
                  prune_configs_by={"early_config_prune": _prune})  # fmt: skip
 @triton.jit
 def _gemv_rows_mma(xp_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KP, KW, NG, SPLIT_GROUPS, SWN, SWG, SSN, SSG,
-                   BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
+                   BLOCK_N: tl.constexpr, USE_PDL: tl.constexpr, STAGES: tl.constexpr,
+                   PACKED: tl.constexpr):  # fmt: skip
     """x (M <= 8, K) bf16, packed as pairs (pack_pairs: rows of KP = K / 2 words), @ the int4 weight's rows
     [pid0 * BLOCK_N, +BLOCK_N) over split pid1's groups -> y[pid1, :M, rows] (fp32 partials, or y's dtype
     when unsplit)."""
@@ -104,14 +105,13 @@ def _gemv_rows_mma(xp_ptr, w_ptr, s_ptr, m_ptr, y_ptr, M, N, KP, KW, NG, SPLIT_G
     if STAGES > 1:
         for i in tl.range(0, g_hi - g_lo, num_stages=STAGES):
             g = g_lo + i
-            sg = sm_rows + g * SSG
-            s, m = _load_bf16_as_words(s_ptr, sg), _load_bf16_as_words(m_ptr, sg)
+            s, m = _load_sm_words(s_ptr, m_ptr, sm_rows + g * SSG, PACKED)
             xp0, xp1, xp2, xp3 = _load_x_rows(xp_ptr, xr, rw, g)
             acc = _group_rows(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s, m, acc, xp_ptr, KP, M, rw, g)
     else:
         for i in range(0, g_hi - g_lo):
             g = g_lo + i
-            s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG)
+            s, m = _load_sm(s_ptr, m_ptr, sm_rows, g * SSG, PACKED)
             xp0, xp1, xp2, xp3 = _load_x_rows(xp_ptr, xr, rw, g)
             acc = _group_rows(tl.load(w_rows + g * SWG), xp0, xp1, xp2, xp3, s, m, acc, xp_ptr, KP, M, rw, g)
     col = 2 * (rw // 4) + rw % 4  # slot 4c + e holds column 2c + e for e < 2
@@ -147,5 +147,5 @@ def int4_gemv_rows_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     xp = pack_pairs(x)
     _gemv_rows_mma[grid](xp, qweight, scales, mins, y, M, N, K // 2, K // 8, NG, triton.cdiv(NG, S),
                          *int4_strides(qweight, scales), BLOCK_N=int4_mma.BLOCK_N, USE_PDL=use_pdl,
-                         **pdl.launch(use_pdl))  # fmt: skip
+                         PACKED=int4_mma.interleaved(scales, mins), **pdl.launch(use_pdl))  # fmt: skip
     return y

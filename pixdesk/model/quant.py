@@ -153,6 +153,16 @@ class Int4Linear(nn.Module):
         """One buffer from the quantized cache (its stored form): a view, no copy."""
         self._buffers[name] = self.stored(value)
 
+    def interleave_scales(self) -> None:
+        """Scales and minimums as the two halves of one bf16x2 word a (row, group), stored group-major as
+        (K/G, N, 2): both buffers become strided views of that one (the kernels take strides; the mma GEMVs
+        see the pairing, int4_mma.interleaved, and load one word for both). Same memory; after the cache is
+        written (it stores the separate buffers)."""
+        if quant_ops.interleaved_scales(self.scales, self.mins):
+            return
+        both = torch.stack([self.scales.t(), self.mins.t()], dim=-1)  # (K/G, N, 2)
+        self._buffers["scales"], self._buffers["mins"] = both[..., 0].t(), both[..., 1].t()
+
     def add_tinygemm(self) -> None:
         """On CUDA: a second copy in torch's tinygemm layout, for decode (up to 16 rows).
 
@@ -303,15 +313,21 @@ TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode c
 # allows). The 161 linears of a 12B model at one row on an H200 (bench/kernels.py, session 9, one sitting):
 # int4_mma 2.92 ms, tinygemm 3.56, int4_triton's one-row kernel 3.95. So the second copy (+6 GB) buys nothing.
 INT4_DECODE = "triton"
+# With "triton": each int4 linear's scales and minimums interleaved on the GPU after loading (one bf16x2 word
+# a row and group, Int4Linear.interleave_scales), so the decode GEMVs load one 4-byte word for both where they
+# loaded one for each (bench/int4_smallloads.py, H200: gate|up 25.0 -> 24.1 us, down 13.9 -> 13.2).
+INTERLEAVE_SCALES = True
 
 
 def prepare_for_device(model: nn.Module) -> nn.Module:
-    """After loading (and fusing), with INT4_DECODE = "tinygemm": int4 linears on a GPU get tinygemm copies
-    for decode when the card has room for them plus TINYGEMM_HEADROOM (KV cache, activations); otherwise
-    decode uses the Triton GEMV."""
-    if INT4_DECODE != "tinygemm":
-        return model
+    """After loading (and fusing), on a GPU: with INT4_DECODE = "triton" the int4 linears' scales and
+    minimums interleaved (INTERLEAVE_SCALES); with "tinygemm" tinygemm copies for decode when the card has
+    room for them plus TINYGEMM_HEADROOM (KV cache, activations), else decode uses the Triton GEMV."""
     int4 = [m for m in model.modules() if isinstance(m, Int4Linear) and m.qweight.is_cuda]
+    if INT4_DECODE != "tinygemm":
+        for m in int4 if INTERLEAVE_SCALES else ():
+            m.interleave_scales()
+        return model
     int4 = [m for m in int4 if m.cuda_pack is None and quant_ops.tinygemm_fits(m)]
     if not int4:
         return model

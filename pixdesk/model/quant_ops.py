@@ -103,6 +103,16 @@ def group_major(qweight: torch.Tensor, scales: torch.Tensor, mins: torch.Tensor)
     return q, scales.t().contiguous().t(), mins.t().contiguous().t()
 
 
+def interleaved_scales(scales: torch.Tensor, mins: torch.Tensor) -> bool:
+    """Are scales and minimums the two halves of one bf16x2 word a (row, group), as
+    Int4Linear.interleave_scales makes them: the scale 4-byte aligned, the minimum 2 bytes after it, both
+    with the same strides?"""
+    return (
+        scales.dim() == 2 and scales.stride() == mins.stride() and scales.stride(0) == 2
+        and scales.data_ptr() % 4 == 0 and mins.data_ptr() == scales.data_ptr() + 2
+    )  # fmt: skip
+
+
 def is_group_major(qweight: torch.Tensor, scales: torch.Tensor) -> bool:
     """Are the buffers laid out as group_major makes them?"""
     return qweight.dim() == 3 and qweight.transpose(0, 1).is_contiguous() and scales.t().is_contiguous()

@@ -21,11 +21,15 @@ CHECK = textwrap.dedent(
     assert len(loops) == 3, loops  # the plain loop, the register prefetch, the pipelined one
     # rows that end mid-program (40, 136), several groups a split, and K splits (the interpreter has 4 SMs)
     shapes = ((48, 256), (40, 384), (136, 1280), (8, 2048), (24, 4096))
-    for (n, k), config in zip(shapes * len(loops), [c for c in loops.values() for _ in shapes]):
+    cases = zip(shapes * len(loops), [c for c in loops.values() for _ in shapes])
+    for i, ((n, k), config) in enumerate(cases):
         kernel.configs, kernel.cache = [config], {}
         w = torch.randn(n, k, generator=g)
         x = torch.randn(1, k, generator=g).to(torch.bfloat16)
         lin = quant.Int4Linear.from_float(w)
+        if i % 2:  # every loop form with scales and minimums interleaved (one word a row and group) too
+            lin.interleave_scales()
+            assert int4_mma.interleaved(lin.scales, lin.mins)
         parts = int4_mma.int4_gemv_mma(x, lin.qweight, lin.scales, lin.mins)
         splits.add(parts.shape[0])
         y = parts.float().sum(0).to(x.dtype)
