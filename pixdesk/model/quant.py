@@ -17,7 +17,9 @@ Formats (the canonical ones, also what the quantized cache stores):
   so nibble i of words 0..15 multiplies inputs 16i..16i+15, one vector load (`quant_ops.pack_int4`).
   Group size 128: the scale and minimum cost 4 bytes per 128 weights (0.25 bits, 6% over 4 bits; 32 would
   cost 25%), the output cosine on Gaussian weights stays ~0.995 (bound 0.99), and every decoder input
-  size (4096, 5120, 14336) is a multiple of it.
+  size (4096, 5120, 14336) is a multiple of it. On a GPU, after loading, scales and minimums are interleaved
+  into one (K/G, N, 2) buffer (both stay (N, K/G) views of it; Int4Linear.interleave_scales): the decode
+  GEMVs then load one 4-byte word for a row's pair.
 
 The vision encoder, the adapter and the token embedding stay in the model's dtype. Rows are independent in
 both formats, so fusing q|k|v or gate|up is a concatenation of the quantized parts.
