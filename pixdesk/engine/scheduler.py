@@ -37,7 +37,7 @@ from pixdesk.engine.prefiller import Prefiller
 from pixdesk.engine.prefix import PrefixCache, chain_keys
 from pixdesk.engine.sampling import adjust_logits, sample_one
 from pixdesk.engine.sequence import PRIORITIES, Sequence
-from pixdesk.engine.sizing import resolve_max_context
+from pixdesk.engine.sizing import resolve_max_context, resolve_solo_chunk
 from pixdesk.engine.static import StaticDecoder
 from pixdesk.engine.stats import EngineStats
 from pixdesk.errors import InternalError, Overloaded, PixdeskError
@@ -59,9 +59,11 @@ class SchedulerConfig:
     reserved_interactive: int = 1  # slots batch requests may not take
     prefill_chunk: int = 512  # prompt tokens per prefill step while other sequences decode
     # ... and while none does: each chunk reads all the weights once, so a lone 4,183-token image prompt in
-    # 512-token chunks took 261 ms to its first token on an H200 against 173 ms in one (bench/NOTES.md).
-    # Its activations are reserved next to the KV cache (engine/sizing.py), which is why it is not larger.
-    solo_prefill_chunk: int = 2048
+    # 512-token chunks took 261 ms to its first token on an H200, 209-234 in 2,048-token ones and 174 in one
+    # (bench/NOTES.md). Its activations are reserved next to the KV cache (engine/sizing.py). 0 = "auto":
+    # the largest of 8,192 / 4,096 / 2,048 whose activations take at most 1/16 of the GPU
+    # (sizing.resolve_solo_chunk).
+    solo_prefill_chunk: int = 0
     prefix_block: int = 16
     prefix_cache_bytes: int = 256 * 2**20
     image_cache_bytes: int = 64 * 2**20
@@ -72,6 +74,7 @@ class SchedulerConfig:
 
 class Scheduler:
     def __init__(self, model, config: SchedulerConfig):
+        config = replace(config, solo_prefill_chunk=resolve_solo_chunk(model, config))  # 0 = "auto"
         config = replace(config, max_context=resolve_max_context(model, config))  # 0 = "auto"
         self.model, self.config = model, config
         self.kv = KVCache.for_model(model, config.max_batch, config.max_context)

@@ -329,8 +329,6 @@ def prepare_for_device(model: nn.Module) -> nn.Module:
     if INT4_DECODE != "tinygemm":
         for m in int4 if INTERLEAVE_SCALES else ():
             m.interleave_scales()
-        if int4 and INTERLEAVE_SCALES:  # the separate buffers' blocks back to the driver (max_context="auto")
-            torch.cuda.empty_cache()
         return model
     int4 = [m for m in int4 if m.cuda_pack is None and quant_ops.tinygemm_fits(m)]
     if not int4:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
 from bench.gpu_model import PIXTRAL_12B
 from pixdesk.config import load_settings
+from pixdesk.engine import sizing
 from pixdesk.engine.scheduler import SchedulerConfig
 from pixdesk.engine.sizing import CPU_CONTEXT, auto_max_context, kv_bytes_per_token, resolve_max_context
 from pixdesk.errors import InvalidConfig
@@ -27,6 +30,19 @@ def test_pixtral_12b_kv_cost_and_the_docstring_example():
     assert ctx % 256 == 0 and 4 * ctx * 160 * 1024 <= 54 * 10**9 - 3 * 10**9
     assert 4 * (ctx + 256) * 160 * 1024 > 54 * 10**9 - 3 * 10**9 - 256 * 2**20  # the largest that fits
     assert auto_max_context(model, 1, free_bytes=10**12, reserved_bytes=0) == 128_000  # trained context cap
+
+
+@pytest.mark.parametrize("gib, chunk", [(141, 8192), (80, 8192), (24, 4096), (12, 2048), (4, 2048)])
+def test_a_lone_prompts_chunk_grows_with_the_card(monkeypatch, gib, chunk):
+    """solo_prefill_chunk = 0 ("auto"): the largest of 8,192 / 4,096 / 2,048 whose activations (Pixtral-12B:
+    232 KiB a token) take at most 1/16 of the card; a set value wins; a CPU takes 2,048."""
+    meta = _meta_12b()
+    gpu = types.SimpleNamespace(device=torch.device("cuda", 0), args=meta.args, dtype=meta.dtype)
+    monkeypatch.setattr(sizing, "total_device_bytes", lambda _device: gib * 2**30)
+    assert sizing.chunk_bytes_per_token(meta) == 2 * (6 * 5120 + 2 * 14336) * 2
+    assert sizing.resolve_solo_chunk(gpu, SchedulerConfig()) == chunk
+    assert sizing.resolve_solo_chunk(gpu, SchedulerConfig(solo_prefill_chunk=1024)) == 1024
+    assert sizing.resolve_solo_chunk(meta, SchedulerConfig()) == 2048  # not a GPU
 
 
 def test_too_little_memory_names_the_settings_to_change():
