@@ -317,7 +317,8 @@ TINYGEMM_HEADROOM = 4 * 2**30  # free memory that must remain after the decode c
 INT4_DECODE = "triton"
 # With "triton": each int4 linear's scales and minimums interleaved on the GPU after loading (one bf16x2 word
 # a row and group, Int4Linear.interleave_scales), so the decode GEMVs load one 4-byte word for both where they
-# loaded one for each (bench/int4_smallloads.py, H200: gate|up 25.0 -> 24.1 us, down 13.9 -> 13.2).
+# loaded one for each. H200: gate|up 25.0 -> 24.1 us and down 13.9 -> 13.2 alone (bench/int4_smallloads.py),
+# but only -8 us a b1 step in the engine (2.977 -> 2.969 ms, +0.3%; bench/NOTES.md, session 16).
 INTERLEAVE_SCALES = True
 
 
