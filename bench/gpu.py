@@ -109,7 +109,7 @@ def gpu_busy(eng) -> dict:
 
 def engine_for(ckpt, max_batch: int, start: bool = True, **kw):
     from pixdesk.engine.backend import LocalEngine
-    from pixdesk.engine.scheduler import SchedulerConfig
+    from pixdesk.engine.scheduler_config import SchedulerConfig
 
     context = len(image_prompt(0, QUESTION).ids) + 169  # room for 128+ generated tokens
     settings = dict(max_batch=max_batch, max_context=context, prefill_chunk=8192, max_queue=64,
@@ -257,7 +257,7 @@ def ttft_with_default_chunk(eng) -> float:
     agree there; 2,048 before)."""
     from dataclasses import replace
 
-    from pixdesk.engine.scheduler import SchedulerConfig
+    from pixdesk.engine.scheduler_config import SchedulerConfig
 
     config = eng.scheduler.config
     eng.scheduler.config = replace(config, prefill_chunk=SchedulerConfig().prefill_chunk)

@@ -18,7 +18,7 @@ import torch
 from pixdesk.engine.backend import LocalEngine
 from pixdesk.engine.events import Delta
 from pixdesk.engine.sampling import SamplingParams
-from pixdesk.engine.scheduler import SchedulerConfig
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.model.args import ModelArgs, TextArgs, VisionArgs
 from pixdesk.tokenizer.chat import ChatMessage, ImageChunk, TextChunk
 from pixdesk.tokenizer.image import PreparedImage

@@ -42,7 +42,7 @@ def make_loader(settings: Settings):
 
     def load(progress):
         from pixdesk.engine.backend import LocalEngine
-        from pixdesk.engine.scheduler import SchedulerConfig
+        from pixdesk.engine.scheduler_config import SchedulerConfig
 
         ckpt = load_engine_checkpoint(settings, progress)
         e, demo = settings.engine, not settings.model.path

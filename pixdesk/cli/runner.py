@@ -120,7 +120,7 @@ class LocalRunner:
 
     def __init__(self, settings: Settings, *, batch: bool = False):
         from pixdesk.engine.backend import LocalEngine
-        from pixdesk.engine.scheduler import SchedulerConfig
+        from pixdesk.engine.scheduler_config import SchedulerConfig
 
         ckpt = load_engine_checkpoint(settings)
         e = settings.engine

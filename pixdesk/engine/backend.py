@@ -20,7 +20,8 @@ from pixdesk.config import ImageSettings
 from pixdesk.engine.budget import fit_images
 from pixdesk.engine.generate import TokenStream, check_context
 from pixdesk.engine.sampling import SamplingParams, make_generator
-from pixdesk.engine.scheduler import Scheduler, SchedulerConfig
+from pixdesk.engine.scheduler import Scheduler
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.engine.sequence import PRIORITIES, LogitMask, Sequence, Submission
 from pixdesk.engine.stats import EngineStats
 from pixdesk.errors import InvalidRequest, TooManyImages

@@ -10,7 +10,7 @@ from pixdesk.engine.backend import LocalEngine
 from pixdesk.engine.events import Delta, Finish
 from pixdesk.engine.generate import generate
 from pixdesk.engine.sampling import SamplingParams
-from pixdesk.engine.scheduler import SchedulerConfig
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.tokenizer.chat import ChatMessage, ImageChunk, TextChunk
 from pixdesk.tokenizer.image import PreparedImage
 

@@ -15,7 +15,7 @@ import torch
 from pixdesk.engine.backend import LocalEngine
 from pixdesk.engine.events import Delta, Finish
 from pixdesk.engine.sampling import SamplingParams
-from pixdesk.engine.scheduler import SchedulerConfig
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.tokenizer.chat import EncodedPrompt
 
 CFG = {"max_batch": 4, "max_context": 128, "prefix_block": 4, "static_decode": True, "compile": False}

@@ -189,7 +189,7 @@ def test_greedy_with_logit_bias_in_a_batch_equals_one_by_one(tiny):
     from pixdesk.engine.backend import LocalEngine
     from pixdesk.engine.events import Delta
     from pixdesk.engine.sampling import SamplingParams
-    from pixdesk.engine.scheduler import SchedulerConfig
+    from pixdesk.engine.scheduler_config import SchedulerConfig
     from pixdesk.tokenizer.chat import EncodedPrompt
 
     prompts = [EncodedPrompt([1, *range(1000 + 7 * i, 1040 + 7 * i)], []) for i in range(3)]

@@ -10,7 +10,7 @@ import torch
 from bench.gpu_model import PIXTRAL_12B
 from pixdesk.config import load_settings
 from pixdesk.engine import sizing
-from pixdesk.engine.scheduler import SchedulerConfig
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.engine.sizing import CPU_CONTEXT, auto_max_context, kv_bytes_per_token, resolve_max_context
 from pixdesk.errors import InvalidConfig
 from pixdesk.model.pixtral import Pixtral

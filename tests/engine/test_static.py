@@ -123,7 +123,7 @@ def test_engine_with_static_decode_equals_reference(tiny):
 def test_warm_up_runs_real_steps_and_leaves_no_traffic_behind(tiny):
     """start() warms up where the decode step compiles (GPU); the same call works on the CPU engine."""
     from pixdesk.engine.backend import LocalEngine
-    from pixdesk.engine.scheduler import SchedulerConfig
+    from pixdesk.engine.scheduler_config import SchedulerConfig
 
     with LocalEngine(tiny, SchedulerConfig(max_batch=2, max_context=256)) as eng:
         assert eng.warm_up() > 0 and eng.warmup_s is not None

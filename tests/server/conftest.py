@@ -22,7 +22,7 @@ from PIL import Image
 
 from pixdesk.config import Settings
 from pixdesk.engine.backend import LocalEngine
-from pixdesk.engine.scheduler import SchedulerConfig
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.server.app import create_app
 from pixdesk.server.daemon import uvicorn_config
 from pixdesk.server.fetch import Fetcher

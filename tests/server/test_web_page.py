@@ -17,7 +17,7 @@ import time
 import pytest
 
 from pixdesk.engine.backend import LocalEngine
-from pixdesk.engine.scheduler import SchedulerConfig
+from pixdesk.engine.scheduler_config import SchedulerConfig
 from pixdesk.errors import ContextLengthExceeded, InternalError
 from pixdesk.server.app import create_app
 from pixdesk.weights.checkpoint import load_checkpoint
