@@ -20,15 +20,10 @@ Each form runs in its own process (the PTX is a constant the kernel is compiled 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 FORMS = ("full", "no_x", "no_int", "loads", "no_small", "words")
-SHAPES = ((28672, 5120), (5120, 14336), (6144, 5120), (5120, 4096), (131072, 5120))
-NAMES = {(28672, 5120): "gate|up", (5120, 14336): "down", (6144, 5120): "q|k|v", (5120, 4096): "wo",
-         (131072, 5120): "LM head"}  # fmt: skip
 
 
 def cut(asm: str, form: str) -> str:
@@ -85,21 +80,16 @@ def run_form(form: str) -> dict:
     int4_mma._MMA_GROUP = tl.constexpr(cut(int4_mma._mma_group_asm(), asm_form))  # before the first compile
     if form in ("no_small", "words"):
         _without_small_loads(int4_mma)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from kernels import graph_time
-
-    from pixdesk.model.quant import Int4Linear
+    from bench.int4_chains import SHAPES, chain_us, served, weights
 
     res = {}
-    for n, k in SHAPES:
-        count = 8 if n == 131072 else 40
-        lins = [Int4Linear.from_float(torch.randn(n, k, device="cuda") * k**-0.5) for _ in range(count)]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        fn = lambda x=x, lins=lins: [int4_mma.int4_gemv_mma(x, m.qweight, m.scales, m.mins) for m in lins]  # noqa: E731
-        us = graph_time(fn) * 1e6 / count
-        nbytes = sum(m.qweight.numel() * m.qweight.element_size() + 2 * m.scales.numel() * 2 for m in lins[:1])
-        res[f"{n}x{k}"] = {"us": us, "TBps": nbytes / us / 1e6}
-        lins.clear()
+    for name, (n, k) in SHAPES.items():
+        lins, x = weights(n, k)
+        us = chain_us(lambda i, x=x, lins=lins: served(x, lins[i]), len(lins))
+        lin = lins[0]
+        nbytes = lin.qweight.numel() * lin.qweight.element_size() + 2 * lin.scales.numel() * 2
+        res[name] = {"us": us, "TBps": nbytes / us / 1e6}
+        del lins, lin
         torch.cuda.empty_cache()
     return res
 
@@ -115,11 +105,11 @@ def main() -> None:
             print(f"{form}: failed\n{proc.stderr[-3000:]}", flush=True)
             continue
         table[form] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{form}: " + ", ".join(f"{NAMES[s]} {v['us']:.2f} us ({v['TBps']:.2f} TB/s)"
-                                       for s, v in zip(SHAPES, table[form].values())), flush=True)  # fmt: skip
-    out = Path(os.environ.get("OUT", "bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int4_forms.json").write_text(json.dumps(table, indent=1))
+        print(f"{form}: " + ", ".join(f"{name} {v['us']:.2f} us ({v['TBps']:.2f} TB/s)"
+                                       for name, v in table[form].items()), flush=True)  # fmt: skip
+    from bench.int4_chains import save
+
+    save(table, "int4_forms.json")
 
 
 if __name__ == "__main__":

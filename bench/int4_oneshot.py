@@ -14,26 +14,16 @@ the inputs, then the group sums; many short programs, like the streaming read.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import graph_time  # noqa: E402
+from bench.int4_chains import SHAPES, checked_us, print_header, print_row, save, served_row, weights
+from pixdesk.model import pdl
+from pixdesk.model.int4_mma import _group, _load_sm, _load_x
+from pixdesk.model.int4_triton import int4_strides
+from pixdesk.model.quant_triton import _ASM
 
-from pixdesk.model import int4_mma, pdl  # noqa: E402
-from pixdesk.model.int4_mma import _group, _load_sm, _load_x  # noqa: E402
-from pixdesk.model.int4_triton import int4_strides  # noqa: E402
-from pixdesk.model.quant import Int4Linear  # noqa: E402
-from pixdesk.model.quant_triton import _ASM  # noqa: E402
-
-SHAPES = {"gate|up": (28672, 5120), "down": (5120, 14336), "q|k|v": (6144, 5120), "wo": (5120, 4096),
-          "LM head": (131072, 5120)}  # fmt: skip
 FORMS = [(g, w, e) for g in (1, 2, 4) for w in (4, 8) for e in (False, True)]  # (groups a program, warps, EARLY)
 
 
@@ -94,30 +84,24 @@ def oneshot(x, lin, G: int, warps: int, early: bool) -> torch.Tensor:
     return y
 
 
+def shape_row(n: int, k: int) -> dict:
+    """us a call of the served GEMV and of each one-shot form, for 40 distinct (N, K) weights."""
+    lins, x = weights(n, k)
+    row, ref = served_row(x, lins)
+    for g, w, e in FORMS:
+        call = lambda i, g=g, w=w, e=e: oneshot(x, lins[i], g, w, e)  # noqa: E731
+        row[f"G{g} w{w} e{int(e)}"] = checked_us(call, len(lins), lambda y: y.sum(0), ref, 1e-2)
+    return row
+
+
 def main() -> None:
     res = {}
-    print("| linear | served | " + " | ".join(f"G{g} w{w}{' early' if e else ''}" for g, w, e in FORMS) + " |")
-    print("|---" * (len(FORMS) + 2) + "|")
+    print_header([f"G{g} w{w}{' early' if e else ''}" for g, w, e in FORMS])
     for name, (n, k) in SHAPES.items():
-        count = 8 if name == "LM head" else 40
-        lins = [Int4Linear.from_float(torch.randn(n, k, device="cuda") * k**-0.5) for _ in range(count)]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        ref = int4_mma.int4_gemv_mma(x, lins[0].qweight, lins[0].scales, lins[0].mins).float().sum(0)
-        served = graph_time(lambda x=x, lins=lins: [int4_mma.int4_gemv_mma(x, m.qweight, m.scales, m.mins) for m in lins])
-        row = {"served": served * 1e6 / count}
-        for g, w, e in FORMS:
-            got = oneshot(x, lins[0], g, w, e).sum(0)
-            err = ((got - ref).norm() / ref.norm()).item()
-            us = graph_time(lambda g=g, w=w, e=e, x=x, lins=lins: [oneshot(x, m, g, w, e) for m in lins]) * 1e6 / count
-            row[f"G{g} w{w} e{int(e)}"] = us if err < 1e-4 else f"wrong ({err:.2g})"
-        res[name] = row
-        cells = " | ".join(f"{v:.2f}" if isinstance(v, float) else v for v in row.values())
-        print(f"| {name} | {cells} |", flush=True)
-        lins.clear()
+        res[name] = shape_row(n, k)
+        print_row(name, res[name])
         torch.cuda.empty_cache()
-    out = Path(os.environ.get("OUT", "bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int4_oneshot.json").write_text(json.dumps(res, indent=1))
+    save(res, "int4_oneshot.json")
 
 
 if __name__ == "__main__":

@@ -17,26 +17,16 @@ minimums. Two restructurings, alone and together, in a copy of the served pipeli
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import graph_time  # noqa: E402
+from bench.int4_chains import SHAPES, checked_us, print_header, print_row, save, served_row, weights
+from pixdesk.model import pdl
+from pixdesk.model.int4_mma import _group, _load_bf16_as_words, _load_x
+from pixdesk.model.int4_triton import int4_strides, splits
+from pixdesk.model.quant_triton import _ASM
 
-from pixdesk.model import int4_mma, pdl  # noqa: E402
-from pixdesk.model.int4_mma import _group, _load_bf16_as_words, _load_x  # noqa: E402
-from pixdesk.model.int4_triton import int4_strides, splits  # noqa: E402
-from pixdesk.model.quant import Int4Linear  # noqa: E402
-from pixdesk.model.quant_triton import _ASM  # noqa: E402
-
-SHAPES = {"gate|up": (28672, 5120), "down": (5120, 14336), "q|k|v": (6144, 5120), "wo": (5120, 4096),
-          "LM head": (131072, 5120)}  # fmt: skip
 FORMS = {"copy": (False, False), "x_pairs": (True, False), "packed_sm": (False, True), "both": (True, True)}
 CONFIGS = ((4, 3), (4, 4), (8, 3))  # (warps, stages)
 
@@ -109,36 +99,27 @@ def gemv(x, xp, lin, smp, form: str, warps: int, stages: int) -> torch.Tensor:
     return y
 
 
+def shape_row(n: int, k: int, cols: list) -> dict:
+    """us a call of the served GEMV and of each form, for 40 distinct (N, K) weights."""
+    lins, x = weights(n, k)
+    smps = [packed_scales(m) for m in lins]
+    xp = paired_inputs(x)
+    row, ref = served_row(x, lins)
+    for f, w, s in cols:
+        call = lambda i, f=f, w=w, s=s: gemv(x, xp, lins[i], smps[i], f, w, s)  # noqa: E731
+        row[f"{f} w{w} s{s}"] = checked_us(call, len(lins), lambda y: y.sum(0), ref, 1e-2)
+    return row
+
+
 def main() -> None:
     res = {}
     cols = [(f, w, s) for f in FORMS for w, s in CONFIGS]
-    print("| linear | served | " + " | ".join(f"{f} w{w} s{s}" for f, w, s in cols) + " |")
-    print("|---" * (len(cols) + 2) + "|")
+    print_header([f"{f} w{w} s{s}" for f, w, s in cols])
     for name, (n, k) in SHAPES.items():
-        count = 8 if name == "LM head" else 40
-        lins = [Int4Linear.from_float(torch.randn(n, k, device="cuda") * k**-0.5) for _ in range(count)]
-        smps = [packed_scales(m) for m in lins]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        xp = paired_inputs(x)
-        ref = int4_mma.int4_gemv_mma(x, lins[0].qweight, lins[0].scales, lins[0].mins).float().sum(0)[0]
-        served = graph_time(lambda x=x, lins=lins: [int4_mma.int4_gemv_mma(x, m.qweight, m.scales, m.mins)
-                                                   for m in lins])  # fmt: skip
-        row = {"served": served * 1e6 / count}
-        for f, w, s in cols:
-            got = gemv(x, xp, lins[0], smps[0], f, w, s).float().sum(0)[0]
-            err = ((got - ref).norm() / ref.norm()).item()
-            us = graph_time(lambda f=f, w=w, s=s, x=x, xp=xp, lins=lins, smps=smps: [
-                gemv(x, xp, m, p, f, w, s) for m, p in zip(lins, smps)]) * 1e6 / count  # fmt: skip
-            row[f"{f} w{w} s{s}"] = us if err < 1e-2 else f"wrong ({err:.2g})"
-        res[name] = row
-        cells = " | ".join(f"{v:.2f}" if isinstance(v, float) else v for v in row.values())
-        print(f"| {name} | {cells} |", flush=True)
-        lins.clear()
-        smps.clear()
+        res[name] = shape_row(n, k, cols)
+        print_row(name, res[name])
         torch.cuda.empty_cache()
-    out = Path(os.environ.get("OUT", "bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int4_smallloads.json").write_text(json.dumps(res, indent=1))
+    save(res, "int4_smallloads.json")
 
 
 if __name__ == "__main__":

@@ -13,26 +13,16 @@ row's groups), and it writes one fp32 partial row of BLOCK_N sums a segment.
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from pathlib import Path
-
 import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from kernels import graph_time  # noqa: E402
+from bench.int4_chains import SHAPES, checked_us, print_header, print_row, save, served_row, weights
+from pixdesk.model import pdl
+from pixdesk.model.int4_mma import _group, _load_bf16_as_words, _load_x
+from pixdesk.model.int4_triton import int4_strides
+from pixdesk.model.quant_triton import _ASM
 
-from pixdesk.model import int4_mma, pdl  # noqa: E402
-from pixdesk.model.int4_mma import _group, _load_bf16_as_words, _load_x  # noqa: E402
-from pixdesk.model.int4_triton import int4_strides  # noqa: E402
-from pixdesk.model.quant import Int4Linear  # noqa: E402
-from pixdesk.model.quant_triton import _ASM  # noqa: E402
-
-SHAPES = {"gate|up": (28672, 5120), "down": (5120, 14336), "q|k|v": (6144, 5120), "wo": (5120, 4096),
-          "LM head": (131072, 5120)}  # fmt: skip
 SLOT_MULTIPLES = (1, 2, 3)  # programs = this x the programs resident at once
 FORMS = [(w, s) for w in (4, 8) for s in (2, 3)]  # (warps, stages)
 
@@ -116,39 +106,34 @@ def reduce_streamk(y, N: int, NG: int, P: int) -> torch.Tensor:
     return out.reshape(-1)[:N]
 
 
-def main() -> None:
+def shape_row(n: int, k: int, cols: list, resident_at: dict) -> dict:
+    """us a call of the served GEMV and of each stream-K form, for 40 distinct (N, K) weights; each form's
+    programs an SM go to resident_at."""
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    lins, x = weights(n, k)
+    row, ref = served_row(x, lins)
+    NG = k // 128
+    for m, w, s in cols:
+        P = m * resident(x, lins[0], w, s) * sms
+        if triton.cdiv(n, 128) * NG // P + 1 > NG:
+            row[f"{m}x w{w} s{s}"] = "spans 3 blocks"
+            continue
+        resident_at[f"w{w} s{s}"] = P // m // sms
+        call = lambda i, P=P, w=w, s=s: streamk(x, lins[i], P, w, s)  # noqa: E731
+        total = lambda y, P=P: reduce_streamk(y, n, NG, P)  # noqa: E731
+        row[f"{m}x w{w} s{s}"] = checked_us(call, len(lins), total, ref, 1e-2)
+    return row
+
+
+def main() -> None:
     res = {"resident": {}}
     cols = [(m, w, s) for m in SLOT_MULTIPLES for w, s in FORMS]
-    print("| linear | served | " + " | ".join(f"{m}x slots w{w} s{s}" for m, w, s in cols) + " |")
-    print("|---" * (len(cols) + 2) + "|")
+    print_header([f"{m}x slots w{w} s{s}" for m, w, s in cols])
     for name, (n, k) in SHAPES.items():
-        count = 8 if name == "LM head" else 40
-        lins = [Int4Linear.from_float(torch.randn(n, k, device="cuda") * k**-0.5) for _ in range(count)]
-        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
-        ref = int4_mma.int4_gemv_mma(x, lins[0].qweight, lins[0].scales, lins[0].mins).float().sum(0)[0]
-        served = graph_time(lambda x=x, lins=lins: [int4_mma.int4_gemv_mma(x, m.qweight, m.scales, m.mins)
-                                                   for m in lins])  # fmt: skip
-        row = {"served": served * 1e6 / count}
-        NG = k // 128
-        for m, w, s in cols:
-            P = m * resident(x, lins[0], w, s) * sms
-            if triton.cdiv(n, 128) * NG // P + 1 > NG:
-                row[f"{m}x w{w} s{s}"] = "spans 3 blocks"
-                continue
-            res["resident"][f"w{w} s{s}"] = P // m // sms
-            got = reduce_streamk(streamk(x, lins[0], P, w, s), n, NG, P)
-            err = ((got - ref).norm() / ref.norm()).item()
-            us = graph_time(lambda P=P, w=w, s=s, x=x, lins=lins: [streamk(x, mm, P, w, s) for mm in lins])
-            row[f"{m}x w{w} s{s}"] = us * 1e6 / count if err < 1e-2 else f"wrong ({err:.2g})"
-        res[name] = row
-        cells = " | ".join(f"{v:.2f}" if isinstance(v, float) else v for v in row.values())
-        print(f"| {name} | {cells} |", flush=True)
-        lins.clear()
+        res[name] = shape_row(n, k, cols, res["resident"])
+        print_row(name, res[name])
         torch.cuda.empty_cache()
-    out = Path(os.environ.get("OUT", "bench-out"))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "int4_streamk.json").write_text(json.dumps(res, indent=1))
+    save(res, "int4_streamk.json")
 
 
 if __name__ == "__main__":
