@@ -22,8 +22,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              programs_per_sm: int = 4, max_splits: int = 8, min_blocks: int = 2, pinned: bool = True,
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
-             attention: str = "kernel", combine_columns: int | None = 32, combine_warps: int = 4,
-             norm_warps: int | None = None, silu_block: int = 512, interleave_scales: bool = True,
+             attention: str = "kernel", combine_columns: int | None = 32, interleave_scales: bool = True,
              pinned_configs: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
@@ -34,10 +33,9 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         import torch._inductor.config as inductor
 
         import pixdesk.engine.decode_attention as da
-        import pixdesk.engine.decode_norm as decode_norm
         import pixdesk.engine.static as static
         import pixdesk.model.dense_gemv as dense
-        from pixdesk.model import int4_fused, int4_mma, int4_triton, quant, quant_ops, quant_triton, silu_mul
+        from pixdesk.model import int4_fused, int4_mma, int4_triton, quant, quant_ops, quant_triton
         from pixdesk.model import pdl as pdl_module
 
         torch.backends.cuda.preferred_blas_library(blas)
@@ -55,8 +53,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
-        da.COMBINE_COLUMNS, da.COMBINE_WARPS = combine_columns, combine_warps
-        decode_norm.WARPS, silu_mul.BLOCK = norm_warps, silu_block
+        da.COMBINE_COLUMNS = combine_columns
         quant.INTERLEAVE_SCALES = interleave_scales  # read when the next engine loads its model
         da.PARTIAL_LAUNCH.clear()
         da.PARTIAL_LAUNCH.update(launch)
@@ -102,14 +99,6 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
     # decode attention's merge as one program a head (decode_attention.COMBINE_COLUMNS None), not 32 columns
     "combine_head": _variant(combine_columns=None),
-    # the small kernels' launch shapes: the merge's warps, add + RMSNorm's warps (16 by default for 5,120
-    # columns), silu_mul's columns a program (512: 28 programs for the 12B's 14,336)
-    "combine_w2": _variant(combine_warps=2),
-    "combine_w1": _variant(combine_warps=1),
-    "norm_w8": _variant(norm_warps=8),
-    "norm_w4": _variant(norm_warps=4),
-    "silu256": _variant(silu_block=256),
-    "silu1024": _variant(silu_block=1024),
     # int4 scales and minimums as two buffers, one 4-byte word each a load (before session 16)
     "separate_scales": _variant(interleave_scales=False),
 }

@@ -40,7 +40,6 @@ PROGRAMS_PER_SM = 4  # enough programs that every SM keeps several key slices in
 FIXED_SPLIT: int | None = None  # a fixed slice length (bench/kernels.py sweeps it); None: split_keys
 PARTIAL_LAUNCH: dict = {}  # num_warps / num_stages of the split kernel (bench/kernels.py sweeps them)
 COMBINE_COLUMNS: int | None = 32  # head columns a merge program takes (None: the whole head)
-COMBINE_WARPS = 4  # warps of a merge program (bench/gpu_ab.py's combine_w* variants)
 
 
 def split_keys(rows_x_kv_heads: int, n_keys: int, n_sms: int) -> int:
@@ -192,7 +191,7 @@ def decode_attention(
     )  # fmt: skip
     dc = COMBINE_COLUMNS if COMBINE_COLUMNS and D % COMBINE_COLUMNS == 0 else D
     _combine[(B * H, D // dc)](partial, m, l_sum, out, n_splits, D=D, DC=dc, NSP=nsp, USE_PDL=use_pdl,
-                               num_warps=COMBINE_WARPS, **pdl.launch(use_pdl))  # fmt: skip
+                               **pdl.launch(use_pdl))  # fmt: skip
     return out
 
 

@@ -23,8 +23,6 @@ import triton.language as tl
 from pixdesk.model import pdl
 from pixdesk.model.quant_triton import summed_partials
 
-WARPS: int | None = None  # a fixed warp count (bench/gpu_ab.py's norm_w* variants); None: by the row width
-
 
 @triton.jit
 def _add_rms_norm(x_ptr, parts_ptr, part_stride, w_ptr, h_ptr, out_ptr, dim, eps, NP: tl.constexpr,
@@ -56,7 +54,7 @@ def add_rms_norm(
     x, parts = x.contiguous(), parts.contiguous()
     h, out = torch.empty_like(x), torch.empty_like(x)
     block = triton.next_power_of_2(dim)
-    warps = WARPS or max(1, min(16, block // 512))  # 16 warps for 8,192 lanes: 16 elements a thread
+    warps = max(1, min(16, block // 512))  # 16 warps for 8,192 lanes: 16 elements a thread
     use_pdl = pdl.enabled(x.device)
     _add_rms_norm[(B,)](x, parts, parts.stride(0), weight, h, out, dim, eps, NP=parts.shape[0], BLOCK=block,
                         USE_PDL=use_pdl, num_warps=warps, **pdl.launch(use_pdl))  # fmt: skip
