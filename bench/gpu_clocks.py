@@ -4,7 +4,7 @@ controller holds the SM clock down for tens of milliseconds, and the decode step
 
     with ClockSampler() as clocks:
         ...                                   # the work to watch
-    clocks.at(t)                              # (MHz, event reasons) at perf_counter time t
+    clocks.mean_mhz(t0, t1)                   # the mean SM clock between two perf_counter times
 
 Event reasons are NVML's clocks-event bits: 0x1 idle, 0x4 software power cap, 0x8 hardware slowdown,
 0x20 software thermal, 0x40 hardware thermal, 0x80 hardware power brake.
@@ -12,7 +12,6 @@ Event reasons are NVML's clocks-event bits: 0x1 idle, 0x4 software power cap, 0x
 
 from __future__ import annotations
 
-import bisect
 import ctypes
 import threading
 import time
@@ -22,7 +21,7 @@ NVML_CLOCK_SM = 1
 
 class ClockSampler:
     """Samples GPU `index`'s SM clock every `period_s` while inside the `with` block. Without NVML (no
-    driver, a CPU machine) it records nothing and `at` returns None."""
+    driver, a CPU machine) it records nothing and `mean_mhz` returns None."""
 
     def __init__(self, index: int = 0, period_s: float = 0.0005):
         self.period_s, self.samples = period_s, []  # (perf_counter, MHz, reasons)
@@ -60,11 +59,6 @@ class ClockSampler:
         self._stop.set()
         if self._nvml is not None:
             self._thread.join()
-
-    def at(self, t: float) -> tuple[int, int] | None:
-        """(MHz, reasons) of the last sample at or before perf_counter time t."""
-        i = bisect.bisect_right([s[0] for s in self.samples], t) - 1
-        return None if i < 0 else self.samples[i][1:]
 
     def mean_mhz(self, t0: float, t1: float) -> float | None:
         """The mean SM clock of the samples in [t0, t1]."""

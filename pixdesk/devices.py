@@ -13,12 +13,14 @@ def free_device_bytes(device: torch.device) -> int:
     """
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(device)
-    return int(min(free, fraction * total - torch.cuda.memory_reserved(device)))
+    return int(min(free, _fraction(device) * total - torch.cuda.memory_reserved(device)))
 
 
 def total_device_bytes(device: torch.device) -> int:
     """The card's memory, or this process's share of it where capped."""
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(device)
-    return int(fraction * total)
+    return int(_fraction(device) * torch.cuda.get_device_properties(device).total_memory)
+
+
+def _fraction(device: torch.device) -> float:
+    """This process's cap on the card (`set_per_process_memory_fraction`), 1.0 where none is set."""
+    return getattr(torch.cuda, "get_per_process_memory_fraction", lambda _device: 1.0)(device)

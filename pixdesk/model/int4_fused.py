@@ -28,6 +28,7 @@ import triton.language as tl
 
 from pixdesk.model import int4_mma, pdl
 from pixdesk.model.int4_triton import int4_strides, splits
+from pixdesk.model.quant_ops import interleaved_scales
 from pixdesk.model.quant_triton import _bench
 
 GATED_SPLIT: int | None = None  # the gate|up GEMV's K splits (None: the GEMV's own choice, 4 for the 12B)
@@ -145,7 +146,7 @@ def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.dev
     """The kernel at its pinned config for (N, K) on this GPU (int4_mma.PINNED), else autotuned. args: x,
     qweight, scales, mins first."""
     use_pdl = pdl.enabled(device)
-    packed = int4_mma.interleaved(args[2], args[3])
+    packed = interleaved_scales(args[2], args[3])
     consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, "PACKED": packed,
               **pdl.launch(use_pdl)}  # fmt: skip
     pinned = int4_mma._pinned(N, K, device)

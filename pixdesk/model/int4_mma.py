@@ -318,12 +318,7 @@ def supported(x: torch.Tensor, group: int) -> bool:
 def aligned(scales: torch.Tensor, mins: torch.Tensor) -> bool:
     """The pipelined loop reads scales and minimums as 4-byte words: each buffer 4-byte aligned, or the two
     interleaved (one word a row and group)."""
-    return interleaved(scales, mins) or (scales.data_ptr() % 4 == 0 and mins.data_ptr() % 4 == 0)
-
-
-def interleaved(scales: torch.Tensor, mins: torch.Tensor) -> bool:
-    """Are scales and minimums the halves of one bf16x2 word a (row, group)? (quant_ops.interleaved_scales)"""
-    return interleaved_scales(scales, mins)
+    return interleaved_scales(scales, mins) or (scales.data_ptr() % 4 == 0 and mins.data_ptr() % 4 == 0)
 
 
 def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
@@ -340,7 +335,7 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     strides = int4_strides(qweight, scales)
     args = (x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides)
     pinned = _pinned(N, K, x.device)
-    packed = interleaved(scales, mins)
+    packed = interleaved_scales(scales, mins)
     if pinned is None:
         _gemv1_mma[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, PACKED=packed, **pdl.launch(use_pdl))
     else:

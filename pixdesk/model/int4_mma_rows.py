@@ -25,6 +25,7 @@ import triton.language as tl
 from pixdesk.model import int4_mma, pdl
 from pixdesk.model.int4_mma import _load_sm, _load_sm_words
 from pixdesk.model.int4_triton import int4_strides, splits
+from pixdesk.model.quant_ops import interleaved_scales
 from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
 MAX_ROWS = 8  # one mma column a row
@@ -147,5 +148,5 @@ def int4_gemv_rows_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     xp = pack_pairs(x)
     _gemv_rows_mma[grid](xp, qweight, scales, mins, y, M, N, K // 2, K // 8, NG, triton.cdiv(NG, S),
                          *int4_strides(qweight, scales), BLOCK_N=int4_mma.BLOCK_N, USE_PDL=use_pdl,
-                         PACKED=int4_mma.interleaved(scales, mins), **pdl.launch(use_pdl))  # fmt: skip
+                         PACKED=interleaved_scales(scales, mins), **pdl.launch(use_pdl))  # fmt: skip
     return y

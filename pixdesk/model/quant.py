@@ -158,8 +158,8 @@ class Int4Linear(nn.Module):
     def interleave_scales(self) -> None:
         """Scales and minimums as the two halves of one bf16x2 word a (row, group), stored group-major as
         (K/G, N, 2): both buffers become strided views of that one (the kernels take strides; the mma GEMVs
-        see the pairing, int4_mma.interleaved, and load one word for both). Same memory; after the cache is
-        written (it stores the separate buffers)."""
+        see the pairing, quant_ops.interleaved_scales, and load one word for both). Same memory; after the
+        cache is written (it stores the separate buffers)."""
         if quant_ops.interleaved_scales(self.scales, self.mins):
             return
         both = torch.stack([self.scales.t(), self.mins.t()], dim=-1)  # (K/G, N, 2)

@@ -13,7 +13,7 @@ from tests.triton_interpreter import run_in_interpreter
 CHECK = textwrap.dedent(
     """
     import torch
-    from pixdesk.model import int4_mma, quant
+    from pixdesk.model import int4_mma, quant, quant_ops
     g = torch.Generator().manual_seed(0)
     worst, splits = 0.0, set()
     kernel = int4_mma._gemv1_mma
@@ -29,7 +29,7 @@ CHECK = textwrap.dedent(
         lin = quant.Int4Linear.from_float(w)
         if i % 2:  # every loop form with scales and minimums interleaved (one word a row and group) too
             lin.interleave_scales()
-            assert int4_mma.interleaved(lin.scales, lin.mins)
+            assert quant_ops.interleaved_scales(lin.scales, lin.mins)
         parts = int4_mma.int4_gemv_mma(x, lin.qweight, lin.scales, lin.mins)
         splits.add(parts.shape[0])
         y = parts.float().sum(0).to(x.dtype)
