@@ -21,10 +21,9 @@ import triton.language as tl
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kernels import graph_time  # noqa: E402
 
+from bench.int4_chains import SHAPES  # noqa: E402
 from pixdesk.model import pdl  # noqa: E402
 
-SIZES = {"wo": (5120, 4096), "q|k|v": (6144, 5120), "down": (5120, 14336), "gate|up": (28672, 5120),
-         "LM head": (131072, 5120)}  # fmt: skip
 CONFIGS = ((1024, 4), (2048, 4), (4096, 8), (8192, 8))  # (int32 a program, warps)
 
 
@@ -46,7 +45,7 @@ def main() -> None:
     res = {}
     print(f"| linear | MB | {' | '.join(f'{b} x {w}w' for b, w in CONFIGS)} | bytes at 4.19 TB/s |")
     print("|---" * (len(CONFIGS) + 3) + "|")
-    for name, (n, k) in SIZES.items():
+    for name, (n, k) in SHAPES.items():
         count = 8 if name == "LM head" else 40
         words = int4_bytes(n, k) // 4
         row = []
