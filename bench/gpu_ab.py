@@ -14,7 +14,8 @@ import os
 from bench.gpu_model import DEVICE, served_checkpoint
 from bench.kernels import kernel_variant
 
-_DEFAULT_PINNED: dict = {}  # int4_mma.PINNED as imported, restored by every variant
+_DEFAULT_PINNED: dict = {}  # int4_mma.PINNED and MAXNREG as imported, restored by every variant
+_PIPELINED = ((28672, 5120), (5120, 14336), (131072, 5120))  # the 12B's gate|up, down, LM head
 
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
@@ -23,7 +24,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
              fused_gated: bool = False, fused_rope: bool = True, gated_split: int | None = None,
              one_row_splits: dict | None = None, reduce_in_gemv: bool = True,
              attention: str = "kernel", combine_columns: int | None = 32, interleave_scales: bool = True,
-             pinned_configs: dict | None = None):  # fmt: skip
+             pinned_configs: dict | None = None, maxnreg: dict | None = None):  # fmt: skip
     """A setup that puts every switch the a/b stage compares into one state (so each variant starts from
     the same place), and drops Dynamo's compiled code and the GEMVs' autotune choices so the settings take
     effect."""
@@ -50,6 +51,9 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         _DEFAULT_PINNED.setdefault("configs", dict(int4_mma.PINNED))
         int4_mma.PINNED.clear()
         int4_mma.PINNED.update({**_DEFAULT_PINNED["configs"], **(pinned_configs or {})})
+        _DEFAULT_PINNED.setdefault("caps", dict(int4_mma.MAXNREG))
+        int4_mma.MAXNREG.clear()
+        int4_mma.MAXNREG.update({**_DEFAULT_PINNED["caps"], **(maxnreg or {})})
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
@@ -101,6 +105,11 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "combine_head": _variant(combine_columns=None),
     # int4 scales and minimums as two buffers, one 4-byte word each a load (before session 16)
     "separate_scales": _variant(interleave_scales=False),
+    # the pipelined GEMVs (gate|up, down, LM head) under a register cap: 7 or 8 programs an SM, not 6
+    "regs72": _variant(maxnreg=dict.fromkeys(_PIPELINED, 72)),
+    "regs64": _variant(maxnreg=dict.fromkeys(_PIPELINED, 64)),
+    "regs72_gu": _variant(maxnreg={(28672, 5120): 72}),
+    "regs64_head": _variant(maxnreg={(131072, 5120): 64}),
 }
 
 

@@ -149,12 +149,11 @@ def _launch(kernel, grid, args: tuple, N: int, K: int, S: int, device: torch.dev
     packed = interleaved_scales(args[2], args[3])
     consts = {"BLOCK_N": int4_mma.BLOCK_N, "NSPLIT": S, "USE_PDL": use_pdl, "PACKED": packed,
               **pdl.launch(use_pdl)}  # fmt: skip
-    pinned = int4_mma._pinned(N, K, device)
+    pinned = int4_mma.pinned_launch(N, K, device)
     if pinned is None:
         kernel[grid](*args, **consts)
     else:
-        warps, prefetch, stages = pinned
-        kernel.fn[grid](*args, **consts, PREFETCH=prefetch, STAGES=stages, num_warps=warps)
+        kernel.fn[grid](*args, **consts, **pinned)
 
 
 def _geometry(x: torch.Tensor, qweight, scales, mins, split: int | None) -> tuple:

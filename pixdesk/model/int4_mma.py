@@ -53,6 +53,8 @@ PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {
     (131072, 5120): (4, False, 3),  # LM head
 }
 PINNED_ARCH = (9, 0)
+# (N, K) -> a register cap for the pinned config (Triton's maxnreg): fewer registers, more programs an SM.
+MAXNREG: dict[tuple[int, int], int] = {}
 USE_PINNED = True  # off: every shape autotunes (bench/int4_configs.py, the a/b stage's "autotuned")
 
 
@@ -334,21 +336,23 @@ def int4_gemv_mma(x: torch.Tensor, qweight, scales, mins) -> torch.Tensor:
     use_pdl = pdl.enabled(x.device)
     strides = int4_strides(qweight, scales)
     args = (x, qweight, scales, mins, y, N, K // 8, NG, triton.cdiv(NG, S), *strides)
-    pinned = _pinned(N, K, x.device)
-    packed = interleaved_scales(scales, mins)
+    consts = {"BLOCK_N": BLOCK_N, "USE_PDL": use_pdl, "PACKED": interleaved_scales(scales, mins),
+              **pdl.launch(use_pdl)}  # fmt: skip
+    pinned = pinned_launch(N, K, x.device)
     if pinned is None:
-        _gemv1_mma[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, PACKED=packed, **pdl.launch(use_pdl))
+        _gemv1_mma[grid](*args, **consts)
     else:
-        warps, prefetch, stages = pinned
-        _gemv1_mma.fn[grid](*args, BLOCK_N=BLOCK_N, USE_PDL=use_pdl, PREFETCH=prefetch, STAGES=stages,
-                            PACKED=packed, num_warps=warps, **pdl.launch(use_pdl))  # fmt: skip
+        _gemv1_mma.fn[grid](*args, **consts, **pinned)
     return y
 
 
-def _pinned(N: int, K: int, device: torch.device) -> tuple[int, bool, int] | None:
-    """The pinned config of an (N, K) weight on this GPU, or None (autotune)."""
+def pinned_launch(N: int, K: int, device: torch.device) -> dict | None:
+    """The pinned config of an (N, K) weight on this GPU as launch arguments (PREFETCH, STAGES, num_warps and
+    any register cap), or None (autotune)."""
     if _INTERPRET or not USE_PINNED or (N, K) not in PINNED:
         return None
     if torch.cuda.get_device_capability(device) != PINNED_ARCH:
         return None
-    return PINNED[(N, K)]
+    warps, prefetch, stages = PINNED[(N, K)]
+    cap = {"maxnreg": MAXNREG[(N, K)]} if (N, K) in MAXNREG else {}
+    return {"PREFETCH": prefetch, "STAGES": stages, "num_warps": warps, **cap}
