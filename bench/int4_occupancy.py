@@ -1,7 +1,8 @@
 """The one-row int4 mma GEMV as served (interleaved scales; int4_fused.reduced for down, wo and the LM head),
 per decoder shape of Pixtral-12B, under register caps (Triton's maxnreg: fewer registers, more programs an
 SM), pipeline depths and K splits, timed as the decode step runs it (int4_chains: 40 distinct weights in a
-CUDA graph). Each cell is checked against the served config's sums.
+CUDA graph). Each cell is checked against the served config's sums, captured once, and timed round-robin
+with the shape's other cells (a lone chain's timing moved by ~1.5 us between neighbouring cells).
 
 Why: the pipelined loop uses 74 registers (4 warps: 6 programs an SM, 792 on an H200), and gate|up has 896
 programs at 4 splits, the LM head 1,024 unsplit: 1.13 and 1.29 waves. At 72 registers 7 programs fit, at 64
@@ -12,61 +13,109 @@ eight (bench/sass.py compiles them on the CPU: a few spills each).
 
 from __future__ import annotations
 
+import itertools
+import statistics
+import time
+
 import torch
 
-from bench.int4_chains import SHAPES, checked_us, print_row, save, weights
+from bench.int4_chains import SHAPES, save, weights
 from pixdesk.model import int4_fused, int4_mma, int4_triton
 
 # name -> the served call, the K splits to try (the served one first), the (warps, prefetch, stages) to try
 PLANS = {
-    "gate|up": (int4_mma.int4_gemv_mma, (4, 3, 5), ((4, False, 3), (4, False, 4))),
+    "gate|up": (int4_mma.int4_gemv_mma, (4, 5, 3), ((4, False, 3), (4, False, 4))),
     "down": (int4_fused.reduced, (16, 14), ((4, False, 3), (4, False, 4))),
     "LM head": (int4_fused.reduced, (1, 2), ((4, False, 3), (4, False, 4))),
     "q|k|v": (int4_mma.int4_gemv_mma, (8, 5), ((8, True, 1), (4, False, 3))),
     "wo": (int4_fused.reduced, (8, 16), ((8, True, 1), (4, False, 3))),
 }
-CAPS = (None, 72, 64, 56)
+CAPS = (None, 72)  # 64 and 56 spill inside the loop: 10-40% slower (partial-2026-12-04-h200-s17)
+ROUNDS = 7  # every cell of a shape timed once a round, round-robin; the median is reported
 
 
 def _total(y: torch.Tensor) -> torch.Tensor:
     return y.float().sum(0).reshape(-1)
 
 
+def _set(n: int, k: int, split: int, config: tuple, cap: int | None) -> None:
+    int4_triton.ONE_ROW_SPLITS[(n, k)] = split
+    int4_mma.PINNED[(n, k)] = config
+    int4_mma.MAXNREG.pop((n, k), None)
+    if cap:
+        int4_mma.MAXNREG[(n, k)] = cap
+
+
+def _captured(calls) -> torch.cuda.CUDAGraph:
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            calls()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        calls()
+    return g
+
+
+def _us(g: torch.cuda.CUDAGraph, calls: int, iters: int = 10) -> float:
+    g.replay()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        g.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e6 / iters / calls
+
+
+def _shape_cells(name: str) -> dict:
+    """label -> median us a call (or why it has none) for every (splits, config, cap) of one shape."""
+    call, split_choices, configs = PLANS[name]
+    n, k = SHAPES[name]
+    lins, x = weights(n, k)
+    for lin in lins:
+        lin.interleave_scales()
+    calls = lambda: [call(x, m.qweight, m.scales, m.mins) for m in lins]  # noqa: E731
+    ref = _total(call(x, lins[0].qweight, lins[0].scales, lins[0].mins))
+    graphs, res = {}, {}
+    for split, (w, p, st), cap in itertools.product(split_choices, configs, CAPS):
+        label = f"{name} s{split} w{w}{' prefetch' if p else ''} st{st} r{cap or '-'}"
+        _set(n, k, split, (w, p, st), cap)
+        try:
+            y = _total(call(x, lins[0].qweight, lins[0].scales, lins[0].mins))
+            err = ((y - ref).norm() / ref.norm()).item()
+            if err > 2e-3:
+                res[label] = f"wrong ({err:.2g})"
+                continue
+            graphs[label] = _captured(calls)
+        except Exception as exc:  # noqa: BLE001  (a cap ptxas refuses: the cell says so)
+            res[label] = f"failed ({type(exc).__name__})"
+    times: dict = {label: [] for label in graphs}
+    for _ in range(ROUNDS):
+        for label, g in graphs.items():
+            times[label].append(_us(g, len(lins)))
+    res.update({label: statistics.median(t) for label, t in times.items()})
+    return res
+
+
 def main() -> None:
     res: dict = {}
     pinned, caps = dict(int4_mma.PINNED), dict(int4_mma.MAXNREG)
-    print("| shape, splits, config | " + " | ".join(f"maxnreg {c or '-'}" for c in CAPS) + " |")
-    print("|---" * (len(CAPS) + 1) + "|")
-    for name, (call, split_choices, configs) in PLANS.items():
-        n, k = SHAPES[name]
-        lins, x = weights(n, k)
-        for lin in lins:
-            lin.interleave_scales()
-        fn = lambda i, lins=lins, call=call, x=x: call(x, lins[i].qweight, lins[i].scales, lins[i].mins)  # noqa: E731
-        ref = _total(fn(0))
-        for split in split_choices:
-            int4_triton.ONE_ROW_SPLITS[(n, k)] = split
-            for config in configs:
-                int4_mma.PINNED[(n, k)] = config
-                row = {}
-                for cap in CAPS:
-                    int4_mma.MAXNREG.pop((n, k), None)
-                    if cap:
-                        int4_mma.MAXNREG[(n, k)] = cap
-                    try:
-                        row[f"r{cap or '-'}"] = checked_us(fn, len(lins), _total, ref, 2e-3)
-                    except Exception as exc:  # noqa: BLE001  (a cap ptxas refuses: the cell says so)
-                        row[f"r{cap or '-'}"] = f"failed ({type(exc).__name__})"
-                w, p, st = config
-                label = f"{name} s{split} w{w}{' prefetch' if p else ''} st{st}"
-                res[label] = row
-                print_row(label, row)
-        int4_triton.ONE_ROW_SPLITS.pop((n, k), None)
+    print("| shape, splits, config, register cap | us a call (median of rounds) |")
+    print("|---|---|")
+    for name in PLANS:
+        cells = _shape_cells(name)
+        best = min((v for v in cells.values() if isinstance(v, float)), default=None)
+        for label, us in cells.items():
+            cell = us if not isinstance(us, float) else f"**{us:.2f}**" if us == best else f"{us:.2f}"
+            print(f"| {label} | {cell} |", flush=True)
+        res.update(cells)
+        int4_triton.ONE_ROW_SPLITS.clear()
         int4_mma.PINNED.clear()
         int4_mma.PINNED.update(pinned)
         int4_mma.MAXNREG.clear()
         int4_mma.MAXNREG.update(caps)
-        del lins
         torch.cuda.empty_cache()
     save(res, "int4_occupancy.json")
 
