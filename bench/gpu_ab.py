@@ -108,8 +108,11 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     # the pipelined GEMVs (gate|up, down, LM head) under a register cap: 7 or 8 programs an SM, not 6
     "regs72": _variant(maxnreg=dict.fromkeys(_PIPELINED, 72)),
     "regs64": _variant(maxnreg=dict.fromkeys(_PIPELINED, 64)),
-    "regs72_gu": _variant(maxnreg={(28672, 5120): 72}),
-    "regs64_head": _variant(maxnreg={(131072, 5120): 64}),
+    "gu_regs72": _variant(maxnreg={(28672, 5120): 72}),
+    # q|k|v's register-prefetch loop allowed 72 / 96 registers (ptxas picks 60 on interleaved scales)
+    "qkv_regs72": _variant(maxnreg={(6144, 5120): 72}),
+    "qkv_regs96": _variant(maxnreg={(6144, 5120): 96}),
+    "gu5": _variant(one_row_splits={(28672, 5120): 5}),
 }
 
 

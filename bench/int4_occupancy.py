@@ -14,6 +14,7 @@ eight (bench/sass.py compiles them on the CPU: a few spills each).
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import time
 
@@ -30,7 +31,10 @@ PLANS = {
     "q|k|v": (int4_mma.int4_gemv_mma, (8, 5), ((8, True, 1), (4, False, 3))),
     "wo": (int4_fused.reduced, (8, 16), ((8, True, 1), (4, False, 3))),
 }
-CAPS = (None, 72)  # 64 and 56 spill inside the loop: 10-40% slower (partial-2026-12-04-h200-s17)
+# register caps to try (OCC_CAPS=-,72,96; "-": none): 64 and 56 spill inside the loop, 10-40% slower
+# (partial-2026-12-04-h200-s17); above the natural count ptxas may use more (q|k|v's register loop: 60 -> 72)
+CAPS = tuple(None if c == "-" else int(c) for c in os.environ.get("OCC_CAPS", "-,72").split(","))
+ONLY = os.environ.get("OCC_SHAPES")  # a comma-separated subset of PLANS' names
 ROUNDS = 7  # every cell of a shape timed once a round, round-robin; the median is reported
 
 
@@ -104,7 +108,7 @@ def main() -> None:
     pinned, caps = dict(int4_mma.PINNED), dict(int4_mma.MAXNREG)
     print("| shape, splits, config, register cap | us a call (median of rounds) |")
     print("|---|---|")
-    for name in PLANS:
+    for name in ONLY.split(",") if ONLY else PLANS:
         cells = _shape_cells(name)
         best = min((v for v in cells.values() if isinstance(v, float)), default=None)
         for label, us in cells.items():
