@@ -53,7 +53,8 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         int4_mma.PINNED.update({**_DEFAULT_PINNED["configs"], **(pinned_configs or {})})
         _DEFAULT_PINNED.setdefault("caps", dict(int4_mma.MAXNREG))
         int4_mma.MAXNREG.clear()
-        int4_mma.MAXNREG.update({**_DEFAULT_PINNED["caps"], **(maxnreg or {})})
+        caps = {**_DEFAULT_PINNED["caps"], **(maxnreg or {})}
+        int4_mma.MAXNREG.update({shape: cap for shape, cap in caps.items() if cap})  # 0: no cap
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
@@ -113,6 +114,10 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "qkv_regs72": _variant(maxnreg={(6144, 5120): 72}),
     "qkv_regs96": _variant(maxnreg={(6144, 5120): 96}),
     "gu5": _variant(one_row_splits={(28672, 5120): 5}),
+    # session 16's defaults (gate|up at 4 splits, q|k|v's registers left to ptxas), and each of them alone
+    "s16_defaults": _variant(one_row_splits={(28672, 5120): 4}, maxnreg={(6144, 5120): 0}),
+    "gu4": _variant(one_row_splits={(28672, 5120): 4}),
+    "qkv_free_regs": _variant(maxnreg={(6144, 5120): 0}),
 }
 
 

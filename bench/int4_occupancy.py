@@ -25,7 +25,7 @@ from pixdesk.model import int4_fused, int4_mma, int4_triton
 
 # name -> the served call, the K splits to try (the served one first), the (warps, prefetch, stages) to try
 PLANS = {
-    "gate|up": (int4_mma.int4_gemv_mma, (4, 5, 3), ((4, False, 3), (4, False, 4))),
+    "gate|up": (int4_mma.int4_gemv_mma, (5, 4, 3), ((4, False, 3), (4, False, 4))),
     "down": (int4_fused.reduced, (16, 14), ((4, False, 3), (4, False, 4))),
     "LM head": (int4_fused.reduced, (1, 2), ((4, False, 3), (4, False, 4))),
     "q|k|v": (int4_mma.int4_gemv_mma, (8, 5), ((8, True, 1), (4, False, 3))),

@@ -53,8 +53,11 @@ PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {
     (131072, 5120): (4, False, 3),  # LM head
 }
 PINNED_ARCH = (9, 0)
-# (N, K) -> a register cap for the pinned config (Triton's maxnreg): fewer registers, more programs an SM.
-MAXNREG: dict[tuple[int, int], int] = {}
+# (N, K) -> a register budget for the pinned config (Triton's maxnreg). On interleaved scales ptxas gives
+# q|k|v's 8-warp register loop 60 registers and a slower schedule; allowed 72 it takes them: 8.8 -> 7.1 us a
+# call in a chain (bench/int4_occupancy.py), engine b1 329.8 -> 332.0 tok/s (a/b `qkv_regs72`, session 17).
+# Caps below the natural count spill in the loop (64 on the pipelined loop: +10-20%).
+MAXNREG: dict[tuple[int, int], int] = {(6144, 5120): 72}
 USE_PINNED = True  # off: every shape autotunes (bench/int4_configs.py, the a/b stage's "autotuned")
 
 

@@ -213,7 +213,9 @@ ONE_ROW_SPLITS: dict[tuple[int, int], int] = {}
 # 13.9 us a call against 16.3 at k_splits' 8 (bench/int4_splits.py); with the partials summed inside the
 # GEMV (quant_ops.REDUCE_IN_GEMV) the next kernel does not pay for the extra splits: engine b1 324.3 ->
 # 334.1 tok/s (without the in-GEMV sum: 315.5 -> 315.1).
-PINNED_SPLITS: dict[tuple[int, int], int] = {(5120, 14336): 16}
+# gate|up at 5 splits (1,120 programs of 8 groups, not 896 of 10): 26.3 -> 24.6 us a call in a chain
+# (bench/int4_occupancy.py), engine b1 329.8 -> 335.9 tok/s (a/b stage `gu5`, session 17).
+PINNED_SPLITS: dict[tuple[int, int], int] = {(5120, 14336): 16, (28672, 5120): 5}
 PINNED_SPLITS_ARCH = (9, 0)
 
 
