@@ -24,12 +24,17 @@ from bench.int4_chains import SHAPES, save, weights
 from pixdesk.model import int4_fused, int4_mma, int4_triton
 
 # name -> the served call, the K splits to try (the served one first), the (warps, prefetch, stages) to try
+WIDE = ((4, False, 3), (8, False, 3), (4, True, 1), (8, True, 1))
 PLANS = {
     "gate|up": (int4_mma.int4_gemv_mma, (5, 4, 3), ((4, False, 3), (4, False, 4))),
     "down": (int4_fused.reduced, (16, 14), ((4, False, 3), (4, False, 4))),
     "LM head": (int4_fused.reduced, (1, 2), ((4, False, 3), (4, False, 4))),
     "q|k|v": (int4_mma.int4_gemv_mma, (8, 5), ((8, True, 1), (4, False, 3))),
     "wo": (int4_fused.reduced, (8, 16), ((8, True, 1), (4, False, 3))),
+    # every loop form (OCC_SHAPES=down_wide,...)
+    "gate|up_wide": (int4_mma.int4_gemv_mma, (5, 6), WIDE),
+    "down_wide": (int4_fused.reduced, (16, 28, 8), WIDE),
+    "LM head_wide": (int4_fused.reduced, (1, 2), WIDE),
 }
 # register caps to try (OCC_CAPS=-,72,96; "-": none): 64 and 56 spill inside the loop, 10-40% slower
 # (partial-2026-12-04-h200-s17); above the natural count ptxas may use more (q|k|v's register loop: 60 -> 72)
@@ -76,7 +81,7 @@ def _us(g: torch.cuda.CUDAGraph, calls: int, iters: int = 10) -> float:
 def _shape_cells(name: str) -> dict:
     """label -> median us a call (or why it has none) for every (splits, config, cap) of one shape."""
     call, split_choices, configs = PLANS[name]
-    n, k = SHAPES[name]
+    n, k = SHAPES[name.removesuffix("_wide")]
     lins, x = weights(n, k)
     for lin in lins:
         lin.interleave_scales()
