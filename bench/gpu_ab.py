@@ -118,6 +118,12 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "s16_defaults": _variant(one_row_splits={(28672, 5120): 4}, maxnreg={(6144, 5120): 0}),
     "gu4": _variant(one_row_splits={(28672, 5120): 4}),
     "qkv_free_regs": _variant(maxnreg={(6144, 5120): 0}),
+    # the register-prefetch loop (4 warps) for down / gate|up, and register budgets (bench/int4_occupancy.py)
+    "down_prefetch4": _variant(pinned_configs={(5120, 14336): (4, True, 1)}),
+    "down_regs96": _variant(maxnreg={(5120, 14336): 96}),
+    "gu_prefetch4": _variant(pinned_configs={(28672, 5120): (4, True, 1)}, maxnreg={(28672, 5120): 96}),
+    "down_gu_prefetch4": _variant(pinned_configs={(5120, 14336): (4, True, 1), (28672, 5120): (4, True, 1)},
+                                  maxnreg={(28672, 5120): 96}),  # fmt: skip
 }
 
 
