@@ -115,15 +115,14 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "qkv_regs96": _variant(maxnreg={(6144, 5120): 96}),
     "gu5": _variant(one_row_splits={(28672, 5120): 5}),
     # session 16's defaults (gate|up at 4 splits, q|k|v's registers left to ptxas), and each of them alone
-    "s16_defaults": _variant(one_row_splits={(28672, 5120): 4}, maxnreg={(6144, 5120): 0}),
+    "s16_defaults": _variant(one_row_splits={(28672, 5120): 4}, maxnreg={(6144, 5120): 0},
+                             pinned_configs={(5120, 14336): (4, False, 3)}),  # fmt: skip
     "gu4": _variant(one_row_splits={(28672, 5120): 4}),
     "qkv_free_regs": _variant(maxnreg={(6144, 5120): 0}),
     # the register-prefetch loop (4 warps) for down / gate|up, and register budgets (bench/int4_occupancy.py)
-    "down_prefetch4": _variant(pinned_configs={(5120, 14336): (4, True, 1)}),
-    "down_regs96": _variant(maxnreg={(5120, 14336): 96}),
+    "down_pipelined": _variant(pinned_configs={(5120, 14336): (4, False, 3)}),  # before session 17
+    "down_regs96": _variant(pinned_configs={(5120, 14336): (4, False, 3)}, maxnreg={(5120, 14336): 96}),
     "gu_prefetch4": _variant(pinned_configs={(28672, 5120): (4, True, 1)}, maxnreg={(28672, 5120): 96}),
-    "down_gu_prefetch4": _variant(pinned_configs={(5120, 14336): (4, True, 1), (28672, 5120): (4, True, 1)},
-                                  maxnreg={(28672, 5120): 96}),  # fmt: skip
 }
 
 
