@@ -4,9 +4,12 @@ SM), pipeline depths and K splits, timed as the decode step runs it (int4_chains
 CUDA graph). Each cell is checked against the served config's sums, captured once, and timed round-robin
 with the shape's other cells (a lone chain's timing moved by ~1.5 us between neighbouring cells).
 
-Why: the pipelined loop uses 74 registers (4 warps: 6 programs an SM, 792 on an H200), and gate|up has 896
+Why: the pipelined loop uses 74 registers (4 warps: 6 programs an SM, 792 on an H200), and gate|up had 896
 programs at 4 splits, the LM head 1,024 unsplit: 1.13 and 1.29 waves. At 72 registers 7 programs fit, at 64
-eight (bench/sass.py compiles them on the CPU: a few spills each).
+eight (bench/sass.py compiles them on the CPU: a few spills each). What it found (session 17): the caps that
+spill lose, but the register count ptxas picks by itself can be the slow one (q|k|v's register loop: 60
+registers, 8.8 us; allowed 72, 7.1 us), and down ran faster in the register-prefetch loop and gate|up at 5
+splits: now the pinned defaults (int4_mma.PINNED / MAXNREG, int4_triton.PINNED_SPLITS).
 
     PYTHONPATH=. python3 bench/int4_occupancy.py     # prints a table, writes $OUT/int4_occupancy.json
 """

@@ -76,12 +76,13 @@ KERNELS = {  # name: (jit function, signature, constexprs, args hinted as multip
 LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
 
 
-def compile_kernel(fn, signature: dict, constexprs: dict, hinted, arch: int, warps: int):
+def compile_kernel(fn, signature: dict, constexprs: dict, hinted, arch: int, warps: int, **options):
+    """Triton's compile of fn for an NVIDIA target; `options` adds compile options (maxnreg)."""
     names = list(signature)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in names if a.endswith("_ptr") or a in hinted}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(
-        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 3}
+        src, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps, "num_stages": 3, **options}
     )
 
 

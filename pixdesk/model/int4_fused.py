@@ -31,7 +31,7 @@ from pixdesk.model.int4_triton import int4_strides, splits
 from pixdesk.model.quant_ops import interleaved_scales
 from pixdesk.model.quant_triton import _bench
 
-GATED_SPLIT: int | None = None  # the gate|up GEMV's K splits (None: the GEMV's own choice, 4 for the 12B)
+GATED_SPLIT: int | None = None  # the gate|up GEMV's K splits (None: the GEMV's own choice, 5 for the 12B)
 COUNTERS = 4096  # row blocks a GEMV may have (the 12B LM head has 1,024; fused GEMVs have <= 224)
 
 

@@ -42,13 +42,14 @@ from pixdesk.model.quant_triton import _ASM, _INTERPRET, _bench, partials_dtype
 
 GROUP = 128  # a group is 16 int32 words: 4 lanes of a quad x 4 words
 BLOCK_N = 128  # rows a program: sets the K split, so fixed (warps and stages are tuned)
-# (N, K) -> (num_warps, PREFETCH, STAGES) for the Pixtral-12B decoder's shapes on Hopper, from
-# bench/int4_configs.py's chain timings (each config in a 40-weight CUDA-graph chain, H200); other shapes and
-# GPUs autotune, whose lone-launch timings are noise on the small shapes.
+# (N, K) -> (num_warps, PREFETCH, STAGES) for the Pixtral-12B decoder's shapes on Hopper, from chain timings
+# (bench/int4_configs.py, bench/int4_occupancy.py: each config in a 40-weight CUDA-graph chain, H200) checked
+# in the engine (the a/b stage); other shapes and GPUs autotune, whose lone-launch timings are noise on the
+# small shapes. The K splits are int4_triton.PINNED_SPLITS'.
 PINNED: dict[tuple[int, int], tuple[int, bool, int]] = {
     (6144, 5120): (8, True, 1),  # q|k|v: register prefetch, 8 warps
     (5120, 4096): (8, True, 1),  # wo
-    (28672, 5120): (4, False, 3),  # gate|up: cp.async pipeline, 2 groups in flight
+    (28672, 5120): (4, False, 3),  # gate|up: cp.async pipeline, 2 groups in flight (5 splits)
     (5120, 14336): (4, True, 1),  # down: register prefetch, 4 warps (session 17: 16.4 -> 13.6 us, b1 +1%)
     (131072, 5120): (4, False, 3),  # LM head
 }

@@ -98,3 +98,21 @@ def test_the_pinned_configs_are_among_the_autotuners():
 
     offered = {(c.num_warps, c.kwargs["PREFETCH"], c.kwargs["STAGES"]) for c in int4_mma._configs()}
     assert int4_mma.PINNED and set(int4_mma.PINNED.values()) <= offered
+
+
+def test_pinned_launch_carries_the_register_budget_on_hopper_only(monkeypatch):
+    """int4_mma.pinned_launch: the pinned (warps, prefetch, stages) as launch arguments, plus maxnreg where
+    MAXNREG names the shape; None on another GPU or an unpinned shape (the autotuner decides)."""
+    pytest.importorskip("triton")
+    from pixdesk.model import int4_mma
+
+    monkeypatch.setattr(int4_mma, "_INTERPRET", False)
+    arch = {"cap": (9, 0)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: arch["cap"])
+    dev = torch.device("cuda")
+    assert int4_mma.pinned_launch(6144, 5120, dev) == {"PREFETCH": True, "STAGES": 1, "num_warps": 8,
+                                                       "maxnreg": int4_mma.MAXNREG[(6144, 5120)]}  # fmt: skip
+    assert "maxnreg" not in int4_mma.pinned_launch(28672, 5120, dev)
+    assert int4_mma.pinned_launch(1024, 5120, dev) is None
+    arch["cap"] = (8, 9)
+    assert int4_mma.pinned_launch(6144, 5120, dev) is None

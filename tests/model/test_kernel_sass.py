@@ -80,3 +80,23 @@ def test_int4_mma_rows_keeps_the_weight_tile_in_the_a_fragment_layout(tmp_path):
                                        tmp_path / "k.cubin"))  # fmt: skip
     ops = Counter(op.split(".")[0] for _, op in loop)
     assert ops["HMMA"] >= 1 and "BAR" not in ops
+
+
+def test_every_pinned_int4_config_compiles_for_sm90_without_spills(tmp_path):
+    """The one-row mma GEMV at each pinned (warps, prefetch, stages) and register budget of the 12B shapes, on
+    interleaved scales: no local-memory spills (caps under the natural count spilled inside the loop and ran
+    10-40% slower on an H200), and q|k|v's budget is taken (ptxas left alone picks 60 registers and a slower
+    schedule: bench/NOTES.md, session 17)."""
+    from bench import sass
+    from pixdesk.model import int4_mma
+
+    fn, sig, consts, hinted, _, _ = sass.KERNELS["int4 mma one row"]
+    used = {}
+    for shape, (warps, prefetch, stages) in int4_mma.PINNED.items():
+        cap = {"maxnreg": int4_mma.MAXNREG[shape]} if shape in int4_mma.MAXNREG else {}
+        flags = {**consts, "PREFETCH": prefetch, "STAGES": stages, "PACKED": True}
+        cubin = sass.compile_kernel(fn, sig, flags, hinted, 90, warps, **cap).asm["cubin"]
+        code = sass.sass_of(cubin, tmp_path / "k.cubin")
+        assert "STL" not in code and "LDL" not in code, (shape, cap)
+        used[shape] = int(sass.regs(tmp_path / "k.cubin"))
+    assert used[(6144, 5120)] == int4_mma.MAXNREG[(6144, 5120)]
