@@ -98,7 +98,7 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "gu8": _variant(one_row_splits={(28672, 5120): 8}),
     "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
     "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
-    "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),  # bench/kernels.py's variant names
+    "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),  # bench/kernels.py's variant names (or attn_<name>)
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
@@ -124,6 +124,14 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "down_regs96": _variant(pinned_configs={(5120, 14336): (4, False, 3)}, maxnreg={(5120, 14336): 96}),
     "gu_prefetch4": _variant(pinned_configs={(28672, 5120): (4, True, 1)}, maxnreg={(28672, 5120): 96}),
 }
+
+
+def variant(name: str):
+    """AB_VARIANTS[name], or for "attn_<variant>" the split decode-attention kernel as bench/kernels.py's
+    variant name gives it (e.g. attn_kernel64s1, attn_kernelr96: one stage, a register budget of 96)."""
+    if name.startswith("attn_"):
+        return _variant(attention=name.removeprefix("attn_"))
+    return AB_VARIANTS[name]
 
 
 def host_ms_per_step(before: dict, after: dict) -> dict:
@@ -164,7 +172,7 @@ def stage_ab(args, save, engine_for, timed_run, prompt, out) -> None:
     first = next(iter(AB_VARIANTS))
     chosen = [first, *[n for n in os.environ.get("AB", ",".join(AB_VARIANTS)).split(",") if n and n != first]]
     for name in chosen:
-        AB_VARIANTS[name]()
+        variant(name)()
         eng = engine_for(ckpt, 1, prefix_cache_bytes=0)
         timed_run(eng, prompt(10_000), 130)  # captures the long bucket
         before = eng.stats()

@@ -191,14 +191,14 @@ def attention_step(name, ks, vs):
 
 
 def kernel_variant(name: str) -> tuple[str, int | None, dict]:
-    """"kernel128b32w8s2" -> ("kernel", 128 keys a program, {block_s: 32, num_warps: 8, num_stages: 2});
-    every part after the form is optional."""
-    m = re.fullmatch(r"([a-z]+?)(\d+)?(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?", name)
+    """"kernel128b32w8s2r96" -> ("kernel", 128 keys a program, {block_s: 32, num_warps: 8, num_stages: 2,
+    maxnreg: 96}); every part after the form is optional."""
+    m = re.fullmatch(r"([a-z]+?)(\d+)?(?:b(\d+))?(?:w(\d+))?(?:s(\d+))?(?:r(\d+))?", name)
     if m is None:
-        raise ValueError(f"attention variant {name!r}: form[split][bBLOCK][wWARPS][sSTAGES]")
-    form, split, block, warps, stages = m.groups()
-    keys = ("block_s", "num_warps", "num_stages")
-    launch = {k: int(v) for k, v in zip(keys, (block, warps, stages)) if v}
+        raise ValueError(f"attention variant {name!r}: form[split][bBLOCK][wWARPS][sSTAGES][rREGISTERS]")
+    form, split, block, warps, stages, regs = m.groups()
+    keys = ("block_s", "num_warps", "num_stages", "maxnreg")
+    launch = {k: int(v) for k, v in zip(keys, (block, warps, stages, regs)) if v}
     return form, int(split) if split else None, launch
 
 
