@@ -38,6 +38,8 @@ PLANS = {
     "gate|up_wide": (int4_mma.int4_gemv_mma, (5, 6), WIDE),
     "down_wide": (int4_fused.reduced, (16, 28, 8), WIDE),
     "LM head_wide": (int4_fused.reduced, (1, 2), WIDE),
+    "q|k|v_wide": (int4_mma.int4_gemv_mma, (8, 5, 10), WIDE),
+    "wo_wide": (int4_fused.reduced, (8, 16), WIDE),
 }
 # register caps to try (OCC_CAPS=-,72,96; "-": none): 64 and 56 spill inside the loop, 10-40% slower
 # (partial-2026-12-04-h200-s17); above the natural count ptxas may use more (q|k|v's register loop: 60 -> 72)
