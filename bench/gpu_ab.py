@@ -124,6 +124,7 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "down_regs96": _variant(pinned_configs={(5120, 14336): (4, False, 3)}, maxnreg={(5120, 14336): 96}),
     "qkv_prefetch4": _variant(pinned_configs={(6144, 5120): (4, True, 1)}, maxnreg={(6144, 5120): 0}),
     "wo_prefetch4": _variant(pinned_configs={(5120, 4096): (4, True, 1)}),
+    "wo16_prefetch4": _variant(pinned_configs={(5120, 4096): (4, True, 1)}, one_row_splits={(5120, 4096): 16}),
     "gu6": _variant(one_row_splits={(28672, 5120): 6}),
     "gu_prefetch4": _variant(pinned_configs={(28672, 5120): (4, True, 1)}, maxnreg={(28672, 5120): 96}),
 }
