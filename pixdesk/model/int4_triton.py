@@ -215,7 +215,9 @@ ONE_ROW_SPLITS: dict[tuple[int, int], int] = {}
 # 334.1 tok/s (without the in-GEMV sum: 315.5 -> 315.1).
 # gate|up at 5 splits (1,120 programs of 8 groups, not 896 of 10): 26.3 -> 24.6 us a call in a chain
 # (bench/int4_occupancy.py), engine b1 329.8 -> 335.9 tok/s (a/b stage `gu5`, session 17).
-PINNED_SPLITS: dict[tuple[int, int], int] = {(5120, 14336): 16, (28672, 5120): 5}
+# wo at 16 splits in the 4-warp register loop (int4_mma.PINNED): 6.9 -> 6.0 us a call in a chain, engine b1
+# 339.5 -> 342.4 tok/s (a/b `wo16_prefetch4`, session 17).
+PINNED_SPLITS: dict[tuple[int, int], int] = {(5120, 14336): 16, (28672, 5120): 5, (5120, 4096): 16}
 PINNED_SPLITS_ARCH = (9, 0)
 
 
