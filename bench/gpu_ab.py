@@ -15,7 +15,6 @@ from bench.gpu_model import DEVICE, served_checkpoint
 from bench.kernels import kernel_variant
 
 _DEFAULT_PINNED: dict = {}  # int4_mma.PINNED and MAXNREG as imported, restored by every variant
-_PIPELINED = ((28672, 5120), (5120, 14336), (131072, 5120))  # the 12B's gate|up, down, LM head
 
 
 def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotune_gemm: bool = False,
@@ -54,7 +53,7 @@ def _variant(*, blas: str = "default", coordinate_descent: bool = False, autotun
         _DEFAULT_PINNED.setdefault("caps", dict(int4_mma.MAXNREG))
         int4_mma.MAXNREG.clear()
         caps = {**_DEFAULT_PINNED["caps"], **(maxnreg or {})}
-        int4_mma.MAXNREG.update({shape: cap for shape, cap in caps.items() if cap})  # 0: no cap
+        int4_mma.MAXNREG.update({shape: cap for shape, cap in caps.items() if cap})  # 0: no budget
         quant_ops.FUSED_GATED, quant_ops.FUSED_ROPE = fused_gated, fused_rope
         int4_fused.GATED_SPLIT, quant_ops.REDUCE_IN_GEMV = gated_split, reduce_in_gemv
         _, da.FIXED_SPLIT, launch = kernel_variant(attention)  # the split decode-attention kernel's config
@@ -94,11 +93,12 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "down7": _variant(one_row_splits={(5120, 14336): 7}),
     "wo16": _variant(one_row_splits={(5120, 4096): 16}),
     "wo4": _variant(one_row_splits={(5120, 4096): 4}),
-    "gu2": _variant(one_row_splits={(28672, 5120): 2}),  # gate|up (k_splits: 4)
+    "gu2": _variant(one_row_splits={(28672, 5120): 2}),  # gate|up (pinned on Hopper: 5)
     "gu8": _variant(one_row_splits={(28672, 5120): 8}),
     "qkv10": _variant(one_row_splits={(6144, 5120): 10}),  # q|k|v (k_splits: 8), the fused RoPE form too
     "qkv5": _variant(one_row_splits={(6144, 5120): 5}),
-    "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),  # bench/kernels.py's variant names (or attn_<name>)
+    # bench/kernels.py's variant names (or any as attn_<name>, see `variant`)
+    "attn": _variant(attention=os.environ.get("AB_ATTN", "kernel")),
     # the partials left for the next kernel to sum, not summed in the GEMV (int4_fused.reduced), at 16 or 8 splits
     "unreduced": _variant(reduce_in_gemv=False),
     "unreduced_down8": _variant(reduce_in_gemv=False, one_row_splits={(5120, 14336): 8}),
@@ -106,27 +106,14 @@ AB_VARIANTS = {  # name -> setup; the first is the baseline every other one is c
     "combine_head": _variant(combine_columns=None),
     # int4 scales and minimums as two buffers, one 4-byte word each a load (before session 16)
     "separate_scales": _variant(interleave_scales=False),
-    # the pipelined GEMVs (gate|up, down, LM head) under a register cap: 7 or 8 programs an SM, not 6
-    "regs72": _variant(maxnreg=dict.fromkeys(_PIPELINED, 72)),
-    "regs64": _variant(maxnreg=dict.fromkeys(_PIPELINED, 64)),
-    "gu_regs72": _variant(maxnreg={(28672, 5120): 72}),
-    # q|k|v's register-prefetch loop allowed 72 / 96 registers (ptxas picks 60 on interleaved scales)
-    "qkv_regs72": _variant(maxnreg={(6144, 5120): 72}),
-    "qkv_regs96": _variant(maxnreg={(6144, 5120): 96}),
-    "gu5": _variant(one_row_splits={(28672, 5120): 5}),
-    # session 16's defaults (gate|up at 4 splits, q|k|v's registers left to ptxas), and each of them alone
-    "s16_defaults": _variant(one_row_splits={(28672, 5120): 4}, maxnreg={(6144, 5120): 0},
-                             pinned_configs={(5120, 14336): (4, False, 3)}),  # fmt: skip
+    # session 16's int4 one-row configs (gate|up at 4 splits, q|k|v's registers left to ptxas, down in the
+    # cp.async pipeline, wo at 8 splits and 8 warps), and each of session 17's changes undone alone
+    "s16_defaults": _variant(one_row_splits={(28672, 5120): 4, (5120, 4096): 8}, maxnreg={(6144, 5120): 0},
+                             pinned_configs={(5120, 14336): (4, False, 3), (5120, 4096): (8, True, 1)}),  # fmt: skip
     "gu4": _variant(one_row_splits={(28672, 5120): 4}),
     "qkv_free_regs": _variant(maxnreg={(6144, 5120): 0}),
-    # the register-prefetch loop (4 warps) for down / gate|up, and register budgets (bench/int4_occupancy.py)
-    "down_pipelined": _variant(pinned_configs={(5120, 14336): (4, False, 3)}),  # before session 17
-    "down_regs96": _variant(pinned_configs={(5120, 14336): (4, False, 3)}, maxnreg={(5120, 14336): 96}),
-    "qkv_prefetch4": _variant(pinned_configs={(6144, 5120): (4, True, 1)}, maxnreg={(6144, 5120): 0}),
-    "wo_prefetch4": _variant(pinned_configs={(5120, 4096): (4, True, 1)}),
-    "wo16_prefetch4": _variant(pinned_configs={(5120, 4096): (4, True, 1)}, one_row_splits={(5120, 4096): 16}),
-    "gu6": _variant(one_row_splits={(28672, 5120): 6}),
-    "gu_prefetch4": _variant(pinned_configs={(28672, 5120): (4, True, 1)}, maxnreg={(28672, 5120): 96}),
+    "down_pipelined": _variant(pinned_configs={(5120, 14336): (4, False, 3)}),
+    "wo8_w8": _variant(pinned_configs={(5120, 4096): (8, True, 1)}, one_row_splits={(5120, 4096): 8}),
 }
 
 

@@ -26,14 +26,14 @@ import torch
 from bench.int4_chains import SHAPES, save, weights
 from pixdesk.model import int4_fused, int4_mma, int4_triton
 
-# name -> the served call, the K splits to try (the served one first), the (warps, prefetch, stages) to try
+# name -> the served call, the K splits and (warps, prefetch, stages) to try, the served ones first (Hopper)
 WIDE = ((4, False, 3), (8, False, 3), (4, True, 1), (8, True, 1))
 PLANS = {
     "gate|up": (int4_mma.int4_gemv_mma, (5, 4, 3), ((4, False, 3), (4, False, 4))),
-    "down": (int4_fused.reduced, (16, 14), ((4, False, 3), (4, False, 4))),
+    "down": (int4_fused.reduced, (16, 14), ((4, True, 1), (4, False, 3), (4, False, 4))),
     "LM head": (int4_fused.reduced, (1, 2), ((4, False, 3), (4, False, 4))),
     "q|k|v": (int4_mma.int4_gemv_mma, (8, 5), ((8, True, 1), (4, False, 3))),
-    "wo": (int4_fused.reduced, (8, 16), ((8, True, 1), (4, False, 3))),
+    "wo": (int4_fused.reduced, (16, 8), ((4, True, 1), (8, True, 1), (4, False, 3))),
     # every loop form (OCC_SHAPES=down_wide,...)
     "gate|up_wide": (int4_mma.int4_gemv_mma, (5, 6), WIDE),
     "down_wide": (int4_fused.reduced, (16, 28, 8), WIDE),
