@@ -8,8 +8,9 @@ Why: the pipelined loop uses 74 registers (4 warps: 6 programs an SM, 792 on an 
 programs at 4 splits, the LM head 1,024 unsplit: 1.13 and 1.29 waves. At 72 registers 7 programs fit, at 64
 eight (bench/sass.py compiles them on the CPU: a few spills each). What it found (session 17): the caps that
 spill lose, but the register count ptxas picks by itself can be the slow one (q|k|v's register loop: 60
-registers, 8.8 us; allowed 72, 7.1 us), and down ran faster in the register-prefetch loop and gate|up at 5
-splits: now the pinned defaults (int4_mma.PINNED / MAXNREG, int4_triton.PINNED_SPLITS).
+registers, 8.8 us; allowed 72, 7.1 us); down and wo ran faster in the 4-warp register-prefetch loop (wo at
+16 splits) and gate|up at 5 splits: now the pinned defaults (int4_mma.PINNED / MAXNREG,
+int4_triton.PINNED_SPLITS).
 
     PYTHONPATH=. python3 bench/int4_occupancy.py     # prints a table, writes $OUT/int4_occupancy.json
 """
@@ -26,8 +27,8 @@ import torch
 from bench.int4_chains import SHAPES, save, weights
 from pixdesk.model import int4_fused, int4_mma, int4_triton
 
+WIDE = ((4, False, 3), (8, False, 3), (4, True, 1), (8, True, 1))  # every (warps, prefetch, stages) form
 # name -> the served call, the K splits and (warps, prefetch, stages) to try, the served ones first (Hopper)
-WIDE = ((4, False, 3), (8, False, 3), (4, True, 1), (8, True, 1))
 PLANS = {
     "gate|up": (int4_mma.int4_gemv_mma, (5, 4, 3), ((4, False, 3), (4, False, 4))),
     "down": (int4_fused.reduced, (16, 14), ((4, True, 1), (4, False, 3), (4, False, 4))),
