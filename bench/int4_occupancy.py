@@ -20,11 +20,11 @@ from __future__ import annotations
 import itertools
 import os
 import statistics
-import time
 
 import torch
 
 from bench.int4_chains import SHAPES, save, weights
+from bench.kernels import captured_graph, replay_seconds
 from pixdesk.model import int4_fused, int4_mma, int4_triton
 
 WIDE = ((4, False, 3), (8, False, 3), (4, True, 1), (8, True, 1))  # every (warps, prefetch, stages) form
@@ -61,29 +61,6 @@ def _set(n: int, k: int, split: int, config: tuple, cap: int | None) -> None:
         int4_mma.MAXNREG[(n, k)] = cap
 
 
-def _captured(calls) -> torch.cuda.CUDAGraph:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            calls()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        calls()
-    return g
-
-
-def _us(g: torch.cuda.CUDAGraph, calls: int, iters: int = 10) -> float:
-    g.replay()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        g.replay()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e6 / iters / calls
-
-
 def _shape_cells(name: str) -> dict:
     """label -> median us a call (or why it has none) for every (splits, config, cap) of one shape."""
     call, split_choices, configs = PLANS[name]
@@ -103,13 +80,13 @@ def _shape_cells(name: str) -> dict:
             if err > 2e-3:
                 res[label] = f"wrong ({err:.2g})"
                 continue
-            graphs[label] = _captured(calls)
+            graphs[label] = captured_graph(calls)
         except Exception as exc:  # noqa: BLE001  (a cap ptxas refuses: the cell says so)
             res[label] = f"failed ({type(exc).__name__})"
     times: dict = {label: [] for label in graphs}
     for _ in range(ROUNDS):
         for label, g in graphs.items():
-            times[label].append(_us(g, len(lins)))
+            times[label].append(replay_seconds(g, 10) * 1e6 / len(lins))
     res.update({label: statistics.median(t) for label, t in times.items()})
     return res
 

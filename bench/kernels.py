@@ -28,6 +28,12 @@ SHAPES = [(6144, 5120), (5120, 4096), (28672, 5120), (5120, 14336)] * 40 + [(131
 
 
 def graph_time(fn, iters: int = 20) -> float:
+    """Seconds a replay of fn() captured in a CUDA graph."""
+    return replay_seconds(captured_graph(fn), iters)
+
+
+def captured_graph(fn) -> torch.cuda.CUDAGraph:
+    """fn() warmed up on a side stream, then captured in a CUDA graph."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -37,6 +43,11 @@ def graph_time(fn, iters: int = 20) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
+    return g
+
+
+def replay_seconds(g: torch.cuda.CUDAGraph, iters: int) -> float:
+    """Seconds a replay of g, over `iters` back to back after one untimed."""
     g.replay()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
